@@ -1,0 +1,734 @@
+/*
+ * cmbuild init: PID 1 of the runtime layer.
+ *
+ * It runs inside the machine (Cartesi or QEMU), finds the drives by their labels, prepares an
+ * OCI bundle at /run/bundle with a writable root, runs the container with crun, and ends the
+ * machine with the container's exit code.
+ *
+ * Why C and not a shell script:
+ *   - PID 1 must reap every orphan and must never die: a shell does not reap reliably and a
+ *     script error (set -e, a missing applet) kills init, which panics the kernel, so the machine
+ *     would hang or crash instead of reporting a clear error code.
+ *   - Ending a Cartesi machine with a non-zero code needs reboot(LINUX_REBOOT_CMD_RESTART2, "<N>"),
+ *     a raw system call with an argument that busybox's reboot applet cannot pass.
+ *   - Every failure gets its own documented exit code and an errno text (strerror), which is far
+ *     easier to keep exact in C than in sh.
+ *   - A static binary has no run-time dependencies (no /bin/sh, no libc in the layer), starts in
+ *     a few thousand instructions (every cycle costs in the Cartesi emulator) and is reproducible:
+ *     riscv64-linux-gnu-gcc -static -Os -s, no build id, no file paths (cmbuild/guest/build.py).
+ *
+ * Kernel command line (read from /proc/cmdline):
+ *   cmbuild.machine=cartesi|qemu   which machine this is (set by each backend); when absent it is
+ *                                  guessed (a device-tree alias "root" means cartesi)
+ *   cmbuild.debug=1                verbose messages; on a failure, a busybox shell on the console
+ *                                  before the machine ends
+ *
+ * Drives are found BY LABEL, never by order:
+ *   cartesi: /proc/device-tree/aliases/<label> holds "/pmem@<start>"; the block device is the
+ *            pmemN found under /sys/devices/platform/<start>.pmem/
+ *   qemu:    a virtio-blk device whose /sys/block/vdX/serial is the label
+ * File systems are recognised by their superblock magic: squashfs ("hsqs" at 0) is mounted
+ * read-only, ext2/3/4 (0xEF53 at 1080) read-write (read-only when the device is read-only).
+ *
+ * Layout made here:
+ *   /run/app                 the app drive (an OCI bundle: rootfs/ + config.json)
+ *   /run/bundle/config.json  a copy of /run/app/config.json
+ *   /run/bundle/rootfs       the writable container root, one of (said on the console):
+ *                              overlayfs  lower /run/app/rootfs, upper+work on tmpfs /run/overlay
+ *                              ext2       the app drive itself, mounted read-write
+ *                              read-only  /run/app/rootfs with tmpfs on its /tmp and /run
+ *   /run/drives/<label>      every other labelled drive (not root, not app)
+ *   /run/crun                crun's state directory
+ *
+ * Then: /usr/bin/crun --cgroup-manager=disabled --root=/run/crun run --bundle /run/bundle cmbuild
+ *
+ * How the machine ends (the container's exit code N; killed by signal S: N = 128+S):
+ *   every machine: the console's last line is "cmbuild: exit-code N"
+ *   cartesi:       reboot(LINUX_REBOOT_CMD_RESTART2, "N") (the emulator halts with payload N);
+ *                  N = 0 powers off (also a halt with 0)
+ *   qemu:          sync, then reboot(RB_POWER_OFF) (QEMU exits)
+ *
+ * Exit codes of init's own failures (before the container starts), each printed first as
+ * "cmbuild: error: <what failed>: <errno text>" (keep in sync with docs/guest.md):
+ *   100  internal error (should not happen)
+ *   101  a pseudo file system (proc, sysfs, devtmpfs, tmpfs on /run or /tmp) could not be mounted
+ *   102  the kernel command line is unreadable or names an unknown machine
+ *   103  the app drive (label "app") was not found
+ *   104  the app drive could not be mounted (unknown file system or mount error)
+ *   105  the app drive holds no OCI bundle (rootfs/ or config.json missing)
+ *   106  the writable container root could not be prepared (overlay, bind, tmpfs mounts)
+ *   107  an extra drive could not be mounted at /run/drives/<label>
+ *   108  crun could not be started (fork or exec)
+ *   109  waiting for crun failed
+ * The boot shim (shim.c, QEMU only) uses 120-123. A container may itself exit with any of these
+ * numbers; the "cmbuild: error:" line on the console tells them apart.
+ */
+#define _GNU_SOURCE
+#include <ctype.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/reboot.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/reboot.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <termios.h>
+#include <time.h>
+#include <unistd.h>
+
+enum {
+    E_INTERNAL = 100,
+    E_PSEUDOFS = 101,
+    E_CMDLINE = 102,
+    E_APP_MISSING = 103,
+    E_APP_MOUNT = 104,
+    E_BUNDLE = 105,
+    E_WRITABLE = 106,
+    E_DRIVE_MOUNT = 107,
+    E_EXEC = 108,
+    E_WAIT = 109,
+};
+
+enum machine { M_UNKNOWN, M_CARTESI, M_QEMU };
+enum fstype { FS_UNKNOWN, FS_SQUASHFS, FS_EXT };
+
+static enum machine machine = M_UNKNOWN;
+static int debug = 0;
+
+#define CRUN "/usr/bin/crun"
+#define BUSYBOX "/bin/busybox"
+#define CONTAINER_ID "cmbuild"
+
+/* ---------------------------------------------------------------- console and ending ----- */
+
+static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void say(const char *fmt, ...)
+{
+    char buf[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(buf, sizeof buf - 1, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    if (n > (int)sizeof buf - 2)
+        n = sizeof buf - 2;
+    buf[n++] = '\n';
+    const char *p = buf;
+    while (n > 0) {
+        ssize_t w = write(STDOUT_FILENO, p, n);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            break;
+        p += w;
+        n -= w;
+    }
+}
+
+#define dbg(...) do { if (debug) say(__VA_ARGS__); } while (0)
+
+static void debug_shell(void)
+{
+    say("cmbuild: debug: starting a shell on the console; exit it to end the machine");
+    pid_t pid = fork();
+    if (pid == 0) {
+        char *argv[] = {"sh", NULL};
+        execv(BUSYBOX, (char *[]){BUSYBOX, "sh", NULL});
+        execv("/bin/sh", argv);
+        _exit(127);
+    }
+    if (pid > 0) {
+        int st;
+        while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
+            ;
+    }
+}
+
+/* End the machine with exit code `code`. Never returns. */
+static void __attribute__((noreturn)) finish(int code)
+{
+    say("cmbuild: exit-code %d", code);
+    tcdrain(STDOUT_FILENO); /* the serial console must show the line before power-off */
+    sync();
+    if (machine == M_CARTESI && code != 0) {
+        char arg[16];
+        snprintf(arg, sizeof arg, "%d", code);
+        syscall(SYS_reboot, LINUX_REBOOT_MAGIC1, LINUX_REBOOT_MAGIC2,
+                LINUX_REBOOT_CMD_RESTART2, arg);
+    }
+    reboot(RB_POWER_OFF);
+    reboot(RB_HALT_SYSTEM);
+    /* Nothing left: exiting PID 1 panics the kernel; with panic=-1 the machine ends. */
+    _exit(code);
+}
+
+static void __attribute__((noreturn)) fail(int code, const char *what, int err)
+{
+    if (err)
+        say("cmbuild: error: %s: %s", what, strerror(err));
+    else
+        say("cmbuild: error: %s", what);
+    if (debug)
+        debug_shell();
+    finish(code);
+}
+
+static void __attribute__((noreturn, format(printf, 3, 4)))
+failf(int code, int err, const char *fmt, ...)
+{
+    char what[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    fail(code, what, err);
+}
+
+/* ------------------------------------------------------------------------- helpers ------- */
+
+static int read_text(const char *path, char *buf, size_t size)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    size_t len = 0;
+    while (len < size - 1) {
+        ssize_t r = read(fd, buf + len, size - 1 - len);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            int e = errno;
+            close(fd);
+            errno = e;
+            return -1;
+        }
+        if (r == 0)
+            break;
+        len += r;
+    }
+    close(fd);
+    buf[len] = 0;
+    return (int)len;
+}
+
+static void trim(char *s)
+{
+    size_t n = strlen(s);
+    while (n > 0 && (isspace((unsigned char)s[n - 1]) || s[n - 1] == 0))
+        s[--n] = 0;
+}
+
+static int mkdir_p(const char *path, mode_t mode)
+{
+    char tmp[512];
+    if (snprintf(tmp, sizeof tmp, "%s", path) >= (int)sizeof tmp) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    for (char *p = tmp + 1; *p; p++) {
+        if (*p == '/') {
+            *p = 0;
+            if (mkdir(tmp, mode) < 0 && errno != EEXIST)
+                return -1;
+            *p = '/';
+        }
+    }
+    if (mkdir(tmp, mode) < 0 && errno != EEXIST)
+        return -1;
+    return 0;
+}
+
+static int is_dir(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+static int is_mountpoint(const char *path)
+{
+    struct stat a, b;
+    char parent[512];
+    if (stat(path, &a) < 0)
+        return 0;
+    snprintf(parent, sizeof parent, "%s/..", path);
+    if (stat(parent, &b) < 0)
+        return 0;
+    return a.st_dev != b.st_dev || a.st_ino == b.st_ino;
+}
+
+static void mount_pseudo(const char *type, const char *target, unsigned long flags,
+                         const char *data)
+{
+    if (is_mountpoint(target)) {
+        dbg("cmbuild: %s already mounted", target);
+        return;
+    }
+    if (mkdir_p(target, 0755) < 0)
+        failf(E_PSEUDOFS, errno, "mkdir %s", target);
+    if (mount(type, target, type, flags, data) < 0)
+        failf(E_PSEUDOFS, errno, "mount %s on %s", type, target);
+}
+
+static void setup_console(void)
+{
+    int fd = open("/dev/console", O_RDWR | O_NOCTTY);
+    if (fd < 0)
+        return; /* keep whatever the kernel gave us */
+    for (int i = 0; i < 3; i++)
+        if (fd != i)
+            dup2(fd, i);
+    if (fd > 2)
+        close(fd);
+}
+
+/* ------------------------------------------------------------------ command line ------- */
+
+static void read_cmdline(void)
+{
+    char buf[4096];
+    if (read_text("/proc/cmdline", buf, sizeof buf) < 0)
+        fail(E_CMDLINE, "read /proc/cmdline", errno);
+    char *save = NULL;
+    for (char *tok = strtok_r(buf, " \t\n", &save); tok; tok = strtok_r(NULL, " \t\n", &save)) {
+        if (strncmp(tok, "cmbuild.machine=", 16) == 0) {
+            const char *v = tok + 16;
+            if (strcmp(v, "cartesi") == 0)
+                machine = M_CARTESI;
+            else if (strcmp(v, "qemu") == 0)
+                machine = M_QEMU;
+            else
+                failf(E_CMDLINE, 0, "unknown machine in kernel command line: %s", tok);
+        } else if (strcmp(tok, "cmbuild.debug=1") == 0) {
+            debug = 1;
+        }
+    }
+    if (machine == M_UNKNOWN) {
+        machine = access("/proc/device-tree/aliases/root", F_OK) == 0 ? M_CARTESI : M_QEMU;
+        say("cmbuild: no cmbuild.machine= on the kernel command line; guessing %s",
+            machine == M_CARTESI ? "cartesi" : "qemu");
+    }
+}
+
+/* -------------------------------------------------------------------- drives ------------ */
+
+/* Find, below dir (depth-limited, not following links), a directory named "block" and return
+   the name of its first pmem entry. */
+static int find_pmem_block(const char *dir, int depth, char *out, size_t outsz)
+{
+    if (depth > 8)
+        return -1;
+    DIR *d = opendir(dir);
+    if (!d)
+        return -1;
+    struct dirent *e;
+    int found = -1;
+    while (found < 0 && (e = readdir(d))) {
+        if (e->d_type != DT_DIR || e->d_name[0] == '.')
+            continue;
+        char sub[512];
+        if (snprintf(sub, sizeof sub, "%s/%s", dir, e->d_name) >= (int)sizeof sub)
+            continue;
+        if (strcmp(e->d_name, "block") == 0) {
+            DIR *b = opendir(sub);
+            struct dirent *be;
+            while (b && (be = readdir(b))) {
+                if (strncmp(be->d_name, "pmem", 4) == 0) {
+                    snprintf(out, outsz, "%s", be->d_name);
+                    found = 0;
+                    break;
+                }
+            }
+            if (b)
+                closedir(b);
+        } else {
+            found = find_pmem_block(sub, depth + 1, out, outsz);
+        }
+    }
+    closedir(d);
+    return found;
+}
+
+/* The block device name (pmem0, vdb, ...) of the drive labelled `label`, or -1. */
+static int find_drive_cartesi(const char *label, char *out, size_t outsz)
+{
+    char path[512], node[256];
+    snprintf(path, sizeof path, "/proc/device-tree/aliases/%s", label);
+    if (read_text(path, node, sizeof node) < 0)
+        return -1;
+    trim(node);
+    const char *at = strchr(node, '@');
+    if (strncmp(node, "/pmem@", 6) != 0 || !at || !at[1])
+        return -1;
+    snprintf(path, sizeof path, "/sys/devices/platform/%s.pmem", at + 1);
+    return find_pmem_block(path, 0, out, outsz);
+}
+
+static int find_drive_qemu(const char *label, char *out, size_t outsz)
+{
+    DIR *d = opendir("/sys/block");
+    if (!d)
+        return -1;
+    struct dirent *e;
+    int found = -1;
+    while ((e = readdir(d))) {
+        if (strncmp(e->d_name, "vd", 2) != 0)
+            continue;
+        char path[512], serial[64];
+        snprintf(path, sizeof path, "/sys/block/%s/serial", e->d_name);
+        if (read_text(path, serial, sizeof serial) < 0)
+            continue;
+        trim(serial);
+        if (strcmp(serial, label) == 0) {
+            snprintf(out, outsz, "%s", e->d_name);
+            found = 0;
+            break;
+        }
+    }
+    closedir(d);
+    return found;
+}
+
+static int find_drive(const char *label, char *out, size_t outsz)
+{
+    return machine == M_CARTESI ? find_drive_cartesi(label, out, outsz)
+                                : find_drive_qemu(label, out, outsz);
+}
+
+static enum fstype probe_fs(const char *dev)
+{
+    unsigned char sb[1084];
+    int fd = open(dev, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return FS_UNKNOWN;
+    ssize_t n = pread(fd, sb, sizeof sb, 0);
+    close(fd);
+    if (n >= 4 && memcmp(sb, "hsqs", 4) == 0)
+        return FS_SQUASHFS;
+    if (n >= 1082 && sb[1080] == 0x53 && sb[1081] == 0xEF)
+        return FS_EXT;
+    return FS_UNKNOWN;
+}
+
+static const char *fs_name(enum fstype t)
+{
+    return t == FS_SQUASHFS ? "squashfs" : t == FS_EXT ? "ext2" : "unknown";
+}
+
+/* Mount /dev/<name> at target by its superblock. Returns 0, or -1 with errno set (EINVAL when
+   the file system is unknown). *type receives the kind, *rw whether it is writable. */
+static int mount_drive(const char *name, const char *target, enum fstype *type, int *rw)
+{
+    char dev[128];
+    snprintf(dev, sizeof dev, "/dev/%s", name);
+    *type = probe_fs(dev);
+    *rw = 0;
+    if (mkdir_p(target, 0755) < 0)
+        return -1;
+    if (*type == FS_SQUASHFS)
+        return mount(dev, target, "squashfs", MS_RDONLY, NULL);
+    if (*type == FS_EXT) {
+        static const char *types[] = {"ext2", "ext4", "ext3"};
+        int err = ENODEV;
+        for (int ro = 0; ro < 2; ro++) {
+            for (unsigned i = 0; i < sizeof types / sizeof *types; i++) {
+                if (mount(dev, target, types[i], ro ? MS_RDONLY : 0, NULL) == 0) {
+                    *rw = !ro;
+                    return 0;
+                }
+                if (errno != ENODEV && errno != EINVAL)
+                    err = errno;
+                if (errno == EROFS || errno == EACCES)
+                    break; /* a read-only device: try read-only */
+            }
+        }
+        errno = err;
+        return -1;
+    }
+    errno = EINVAL;
+    return -1;
+}
+
+/* --------------------------------------------------------------------- bundle ----------- */
+
+static int copy_file(const char *src, const char *dst)
+{
+    int in = open(src, O_RDONLY | O_CLOEXEC);
+    if (in < 0)
+        return -1;
+    int out = open(dst, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (out < 0) {
+        int e = errno;
+        close(in);
+        errno = e;
+        return -1;
+    }
+    char buf[65536];
+    ssize_t r;
+    int rc = 0;
+    while ((r = read(in, buf, sizeof buf)) != 0) {
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            rc = -1;
+            break;
+        }
+        for (ssize_t off = 0; off < r;) {
+            ssize_t w = write(out, buf + off, r - off);
+            if (w < 0 && errno == EINTR)
+                continue;
+            if (w < 0) {
+                rc = -1;
+                break;
+            }
+            off += w;
+        }
+        if (rc < 0)
+            break;
+    }
+    int e = errno;
+    close(in);
+    if (close(out) < 0 && rc == 0)
+        rc = -1, e = errno;
+    errno = e;
+    return rc;
+}
+
+static int overlay_available(void)
+{
+    char buf[8192];
+    if (read_text("/proc/filesystems", buf, sizeof buf) < 0)
+        return 0;
+    char *save = NULL;
+    for (char *line = strtok_r(buf, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        char *name = strrchr(line, '\t');
+        name = name ? name + 1 : line;
+        trim(name);
+        if (strcmp(name, "overlay") == 0)
+            return 1;
+    }
+    return 0;
+}
+
+static void prepare_bundle(enum fstype app_type, int app_rw)
+{
+    const char *root = "/run/bundle/rootfs";
+    if (!is_dir("/run/app/rootfs"))
+        fail(E_BUNDLE, "the app drive has no rootfs/ directory", ENOENT);
+    if (access("/run/app/config.json", R_OK) < 0)
+        fail(E_BUNDLE, "the app drive has no readable config.json", errno);
+    if (mkdir_p(root, 0755) < 0)
+        fail(E_WRITABLE, "mkdir /run/bundle/rootfs", errno);
+    if (copy_file("/run/app/config.json", "/run/bundle/config.json") < 0)
+        fail(E_BUNDLE, "copy config.json to /run/bundle", errno);
+
+    if (overlay_available()) {
+        if (mkdir_p("/run/overlay", 0755) < 0)
+            fail(E_WRITABLE, "mkdir /run/overlay", errno);
+        if (mount("tmpfs", "/run/overlay", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755") < 0)
+            fail(E_WRITABLE, "mount tmpfs on /run/overlay", errno);
+        if (mkdir_p("/run/overlay/upper", 0755) < 0 || mkdir_p("/run/overlay/work", 0755) < 0)
+            fail(E_WRITABLE, "mkdir /run/overlay/upper and work", errno);
+        if (mount("overlay", root, "overlay", 0,
+                  "lowerdir=/run/app/rootfs,upperdir=/run/overlay/upper,"
+                  "workdir=/run/overlay/work") < 0)
+            fail(E_WRITABLE, "mount overlay on /run/bundle/rootfs", errno);
+        say("cmbuild: writable root: overlayfs (lower %s app drive, upper on tmpfs)",
+            fs_name(app_type));
+        return;
+    }
+    if (mount("/run/app/rootfs", root, NULL, MS_BIND | MS_REC, NULL) < 0)
+        fail(E_WRITABLE, "bind-mount /run/app/rootfs on /run/bundle/rootfs", errno);
+    if (app_type == FS_EXT && app_rw) {
+        say("cmbuild: writable root: ext2 app drive, read-write (no overlayfs in this kernel)");
+        return;
+    }
+    static const char *dirs[] = {"tmp", "run"};
+    for (unsigned i = 0; i < 2; i++) {
+        char path[256];
+        snprintf(path, sizeof path, "%s/%s", root, dirs[i]);
+        if (!is_dir(path)) {
+            say("cmbuild: note: the container root has no /%s: left out", dirs[i]);
+            continue;
+        }
+        if (mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV,
+                  i == 0 ? "mode=1777" : "mode=0755") < 0)
+            failf(E_WRITABLE, errno, "mount tmpfs on %s", path);
+    }
+    say("cmbuild: writable root: read-only %s app drive with tmpfs on /tmp and /run "
+        "(no overlayfs in this kernel)", fs_name(app_type));
+}
+
+/* ------------------------------------------------------------------ extra drives --------- */
+
+static int valid_label(const char *s)
+{
+    if (!*s || strlen(s) > 64)
+        return 0;
+    for (; *s; s++)
+        if (!isalnum((unsigned char)*s) && *s != '-' && *s != '_' && *s != '.')
+            return 0;
+    return 1;
+}
+
+static void mount_extra(const char *label, const char *name)
+{
+    if (strcmp(label, "root") == 0 || strcmp(label, "app") == 0 || !valid_label(label))
+        return;
+    char target[256];
+    snprintf(target, sizeof target, "/run/drives/%s", label);
+    enum fstype t;
+    int rw;
+    if (mount_drive(name, target, &t, &rw) < 0) {
+        if (t == FS_UNKNOWN) {
+            say("cmbuild: note: drive %s (%s) has no known file system: not mounted", label, name);
+            return;
+        }
+        failf(E_DRIVE_MOUNT, errno, "mount drive %s (/dev/%s, %s) on %s", label, name,
+              fs_name(t), target);
+    }
+    dbg("cmbuild: drive %s (/dev/%s, %s, %s) on %s", label, name, fs_name(t),
+        rw ? "read-write" : "read-only", target);
+}
+
+static void mount_extra_drives(void)
+{
+    if (machine == M_CARTESI) {
+        DIR *d = opendir("/proc/device-tree/aliases");
+        struct dirent *e;
+        while (d && (e = readdir(d))) {
+            if (e->d_name[0] == '.' || strcmp(e->d_name, "name") == 0)
+                continue;
+            char name[256];
+            if (find_drive_cartesi(e->d_name, name, sizeof name) == 0)
+                mount_extra(e->d_name, name);
+        }
+        if (d)
+            closedir(d);
+        return;
+    }
+    DIR *d = opendir("/sys/block");
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        if (strncmp(e->d_name, "vd", 2) != 0)
+            continue;
+        char path[512], serial[64];
+        snprintf(path, sizeof path, "/sys/block/%s/serial", e->d_name);
+        if (read_text(path, serial, sizeof serial) < 0)
+            continue;
+        trim(serial);
+        mount_extra(serial, e->d_name);
+    }
+    if (d)
+        closedir(d);
+}
+
+/* --------------------------------------------------------------------- main ------------- */
+
+static int run_container(void)
+{
+    char *argv[] = {CRUN, "--cgroup-manager=disabled", "--root=/run/crun", "run",
+                    "--bundle", "/run/bundle", CONTAINER_ID, NULL};
+    char *envp[] = {"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/", "TERM=linux", NULL};
+    if (mkdir_p("/run/crun", 0700) < 0)
+        fail(E_EXEC, "mkdir /run/crun", errno);
+    dbg("cmbuild: starting " CRUN);
+    pid_t pid = fork();
+    if (pid < 0)
+        fail(E_EXEC, "fork", errno);
+    if (pid == 0) {
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        setsid();
+        execve(CRUN, argv, envp);
+        say("cmbuild: error: exec " CRUN ": %s", strerror(errno));
+        _exit(E_EXEC);
+    }
+    /* PID 1: reap everything; the container's status is crun's. */
+    for (;;) {
+        int st;
+        pid_t r = wait(&st);
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            fail(E_WAIT, "wait for crun", errno);
+        }
+        if (r != pid)
+            continue;
+        int code;
+        if (WIFEXITED(st))
+            code = WEXITSTATUS(st);
+        else if (WIFSIGNALED(st))
+            code = 128 + WTERMSIG(st);
+        else
+            continue;
+        dbg("cmbuild: crun ended with %d", code);
+        /* reap what is left, without blocking */
+        while (waitpid(-1, &st, WNOHANG) > 0)
+            ;
+        return code;
+    }
+}
+
+int main(void)
+{
+    if (getpid() != 1) {
+        fprintf(stderr, "cmbuild init: must run as PID 1\n");
+        return 1;
+    }
+    umask(022);
+    /* /dev first: on a squashfs root the kernel found no /dev/console for fds 0-2. */
+    mount_pseudo("devtmpfs", "/dev", MS_NOSUID | MS_NOEXEC, "mode=0755");
+    setup_console();
+    mount_pseudo("proc", "/proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+    read_cmdline();
+    mount_pseudo("sysfs", "/sys", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+    mount_pseudo("tmpfs", "/run", MS_NOSUID | MS_NODEV, "mode=0755");
+    mount_pseudo("tmpfs", "/tmp", MS_NOSUID | MS_NODEV, "mode=1777");
+    if (!is_mountpoint("/sys/fs/cgroup")) {
+        if (mount("cgroup2", "/sys/fs/cgroup", "cgroup2", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                  NULL) < 0) {
+            dbg("cmbuild: cgroup2 unavailable (%s): tmpfs on /sys/fs/cgroup", strerror(errno));
+            if (mount("tmpfs", "/sys/fs/cgroup", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                      "mode=0755") < 0)
+                fail(E_PSEUDOFS, "mount cgroup2 or tmpfs on /sys/fs/cgroup", errno);
+        }
+    }
+    dbg("cmbuild: init on %s", machine == M_CARTESI ? "cartesi" : "qemu");
+
+    char app[256];
+    int found = -1;
+    /* devices normally exist already; allow them a short, bounded time to appear */
+    for (int i = 0; i < 20 && (found = find_drive("app", app, sizeof app)) < 0; i++) {
+        struct timespec ts = {0, 50 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    if (found < 0)
+        fail(E_APP_MISSING, machine == M_CARTESI
+                                ? "no drive labelled app (/proc/device-tree/aliases/app)"
+                                : "no drive labelled app (virtio-blk serial app)",
+             ENODEV);
+    enum fstype app_type;
+    int app_rw;
+    if (mount_drive(app, "/run/app", &app_type, &app_rw) < 0) {
+        if (app_type == FS_UNKNOWN)
+            failf(E_APP_MOUNT, 0, "app drive /dev/%s: no squashfs or ext2 superblock", app);
+        failf(E_APP_MOUNT, errno, "mount app drive /dev/%s (%s) on /run/app", app,
+              fs_name(app_type));
+    }
+    dbg("cmbuild: app drive /dev/%s (%s, %s) on /run/app", app, fs_name(app_type),
+        app_rw ? "read-write" : "read-only");
+    prepare_bundle(app_type, app_rw);
+    mount_extra_drives();
+    int code = run_container();
+    finish(code);
+}

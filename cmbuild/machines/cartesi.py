@@ -1,0 +1,491 @@
+"""The ``cartesi`` machine: how cmbuild invokes ``cartesi-machine`` (the Cartesi Machine emulator).
+
+Everything here follows ``shared/cartesi-machine.md`` (facts from machine-emulator v0.21.0):
+
+- ``--ram-image=FILE --ram-length=LEN``, then one ``--flash-drive=`` per drive in the order the
+  guest sees them (``/dev/pmem0``, ``/dev/pmem1``, ...). The first is the root drive, label
+  ``root``: the runtime layer, a read-only squashfs.
+- The drive key naming the image file is ``data_filename:`` since 0.21 and ``filename:`` before;
+  :func:`installed_version` reads ``cartesi-machine --version`` and :func:`flash_drive_arg`
+  spells the flag for it. ``read_only`` is a 0.21 key: it is emitted only for 0.21 and later
+  (0.18's option parser rejects unknown keys); older emulators get the drive without it, and the
+  guest still mounts it ``ro``.
+- ``--append-bootargs=`` starts with ``rootfstype=squashfs ro init=/sbin/init
+  cmbuild.machine=cartesi`` (the runtime layer's init is ``/sbin/init``; a later ``init=`` wins
+  over the emulator's default ``init=/usr/sbin/cartesi-init``), then the caller's bootargs.
+- Never ``-i`` (it needs a TTY). No ``-- command``: that is the device-tree entrypoint of
+  Cartesi's own init, which cmbuild's init does not read.
+- A snapshot is ``--max-mcycle=0 --store=DIR`` (the initial state), or a run up to the first
+  manual yield with ``--assert-rolling-template --store=DIR`` (a rollups app waiting for its
+  first input). Its root hash is read back with ``cartesi-machine-stored-hash DIR`` and must be
+  the one the emulator printed (``--initial-hash`` / ``--final-hash``).
+- The exit code of a run is ``N`` from ``Halted with payload: N`` (0 for a bare ``Halted``,
+  which the emulator prints for payload 0), else the process's return code.
+
+Nothing is faked: without ``cartesi-machine`` on PATH the functions that need it raise a
+:class:`CmbuildError` that says what to install.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from ..errors import CmbuildError
+
+EXECUTABLE = "cartesi-machine"
+STORED_HASH_EXECUTABLE = "cartesi-machine-stored-hash"
+SUPPORTED_RELEASE = "v0.21.0"
+INSTALL_HINT = (
+    f"install the Cartesi Machine emulator from the machine-emulator release {SUPPORTED_RELEASE} "
+    "of the cartesi organisation (GitHub release assets of cartesi/machine-emulator) and put "
+    f"'{EXECUTABLE}' and '{STORED_HASH_EXECUTABLE}' on PATH; no package registry ships it"
+)
+
+# Bootargs that every cmbuild machine needs, always first in --append-bootargs.
+BASE_BOOTARGS = ("rootfstype=squashfs", "ro", "init=/sbin/init", "cmbuild.machine=cartesi")
+ROOT_LABEL = "root"
+DATA_FILENAME_SINCE = (0, 21, 0)  # data_filename: and read_only since 0.21; filename: before
+
+Version = tuple[int, int, int]
+
+_VERSION_RE = re.compile(r"^\s*cartesi-machine\s+v?(\d+)\.(\d+)\.(\d+)\S*\s*$", re.MULTILINE)
+_HASH_LINE_RE = re.compile(r"^(\d+): (?:0x)?([0-9a-fA-F]{64})$")
+_HALTED_RE = re.compile(r"^Halted(?: with payload: (\d+))?$")
+_CYCLES_RE = re.compile(r"^Cycles: (\d+)$")
+_YIELD_RE = re.compile(r"^(Manual|Automatic|Unknown) yield (\S+)")
+_STORED_HASH_RE = re.compile(r"^(?:0x)?([0-9a-fA-F]{64})$")
+_NUMBER_RE = re.compile(r"^(?:0x[0-9a-fA-F]+|\d+)(?:Ki|Mi|Gi)?$|^\d+\s*<<\s*\d+$")
+
+
+@dataclass
+class Drive:
+    """One flash drive. ``mount``: ``None`` leaves the emulator's default, ``False`` gives
+    ``mount:false``, a string ``mount:<path>``; ``user`` gives ``user:<name>``."""
+
+    label: str
+    path: Path
+    read_only: bool = True
+    shared: bool = False
+    mount: str | bool | None = None
+    user: str | None = None
+
+
+# --------------------------------------------------------------------------- version
+
+
+def parse_version(text: str) -> Version:
+    """The version in ``cartesi-machine --version`` output (first line ``cartesi-machine X.Y.Z``,
+    possibly with a label such as ``-alpha1``)."""
+    m = _VERSION_RE.search(text)
+    if not m:
+        first = text.strip().splitlines()[0] if text.strip() else ""
+        raise CmbuildError(
+            f"cannot read a version from 'cartesi-machine --version' output: {first!r}",
+            where=EXECUTABLE,
+            hint=INSTALL_HINT,
+        )
+    return (int(m.group(1)), int(m.group(2)), int(m.group(3)))
+
+
+def installed_version() -> Version | None:
+    """The version of the ``cartesi-machine`` on PATH, or ``None`` when there is none."""
+    exe = shutil.which(EXECUTABLE)
+    if exe is None:
+        return None
+    try:
+        proc = subprocess.run([exe, "--version"], stdin=subprocess.DEVNULL, capture_output=True,
+                              text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise CmbuildError(f"'{EXECUTABLE} --version' failed: {e}", where=exe, hint=INSTALL_HINT) from e
+    if proc.returncode != 0:
+        raise CmbuildError(
+            f"'{EXECUTABLE} --version' exited with {proc.returncode}: {proc.stderr.strip()[-500:]}",
+            where=exe, hint=INSTALL_HINT,
+        )
+    return parse_version(proc.stdout)
+
+
+def require_cartesi_machine(what: str = "this command") -> Version:
+    """The installed version, or a :class:`CmbuildError` saying what to install."""
+    version = installed_version()
+    if version is None:
+        raise CmbuildError(
+            f"{what} needs '{EXECUTABLE}', which is not on PATH",
+            where="PATH",
+            hint=INSTALL_HINT,
+        )
+    return version
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def _escape(value: str) -> str:
+    """Escape a --flash-drive value for the emulator's option parser (``\\``, ``:`` and ``,``
+    are written ``\\\\``, ``\\:``, ``\\,``)."""
+    return value.replace("\\", "\\\\").replace(":", "\\:").replace(",", "\\,")
+
+
+def _check_label(label: str) -> None:
+    # Newer emulators accept only lowercase letters, digits and hyphens, starting with a letter,
+    # at most 31 characters; keep to that set for every version.
+    if not re.fullmatch(r"[a-z][a-z0-9-]{0,30}", label or ""):
+        raise CmbuildError(
+            f"invalid flash drive label {label!r}",
+            where="--flash-drive",
+            hint="use lowercase letters, digits and '-', starting with a letter, at most 31 characters",
+        )
+
+
+def flash_drive_arg(d: Drive, version: Version) -> str:
+    """The value of ``--flash-drive=`` for ``d``: ``data_filename:`` since 0.21, ``filename:``
+    before."""
+    _check_label(d.label)
+    new = tuple(version) >= DATA_FILENAME_SINCE
+    parts = [f"label:{d.label}", f"{'data_filename' if new else 'filename'}:{_escape(str(d.path))}"]
+    if d.read_only and new:
+        parts.append("read_only")
+    if d.shared:
+        parts.append("shared")
+    if d.mount is False:
+        parts.append("mount:false")
+    elif d.mount is True:
+        parts.append("mount:true")
+    elif isinstance(d.mount, str):
+        parts.append(f"mount:{_escape(d.mount)}")
+    if d.user is not None:
+        parts.append(f"user:{_escape(d.user)}")
+    return ",".join(parts)
+
+
+def _check_drives(drives: Sequence[Drive]) -> None:
+    if not drives or drives[0].label != ROOT_LABEL:
+        raise CmbuildError(
+            f"the first flash drive must be the root drive (label '{ROOT_LABEL}'), "
+            f"got {[d.label for d in drives]}",
+            where="--flash-drive",
+        )
+    labels = [d.label for d in drives]
+    dup = sorted({x for x in labels if labels.count(x) > 1})
+    if dup:
+        raise CmbuildError(f"flash drive labels must be unique, repeated: {dup}", where="--flash-drive")
+    if drives[0].shared:
+        raise CmbuildError("the root drive (the runtime layer) must not be shared", where="--flash-drive")
+
+
+def _bootargs(extra: Sequence[str]) -> str:
+    for arg in extra:
+        if not arg or any(c.isspace() for c in arg):
+            raise CmbuildError(f"a boot argument must be one word without blanks, got {arg!r}",
+                               where="bootargs")
+    return " ".join([*BASE_BOOTARGS, *extra])
+
+
+def build_command(
+    *,
+    version: Version,
+    ram_image: Path,
+    ram_length: str,
+    drives: list[Drive],
+    bootargs: list[str],
+    store_dir: Path | None = None,
+    max_mcycle: int | None = None,
+    assert_rolling_template: bool = False,
+    initial_hash: bool = False,
+    final_hash: bool = False,
+) -> list[str]:
+    """The ``cartesi-machine`` command line (argv, executable first, looked up on PATH)."""
+    if not _NUMBER_RE.match(str(ram_length)):
+        raise CmbuildError(f"invalid RAM length {ram_length!r}", where="--ram-length",
+                           hint="a number like 134217728, 0x8000000 or 128Mi")
+    _check_drives(drives)
+    cmd = [EXECUTABLE, f"--ram-image={ram_image}", f"--ram-length={ram_length}"]
+    cmd += [f"--flash-drive={flash_drive_arg(d, version)}" for d in drives]
+    cmd.append(f"--append-bootargs={_bootargs(bootargs)}")
+    if max_mcycle is not None:
+        if max_mcycle < 0:
+            raise CmbuildError(f"max_mcycle must be >= 0, got {max_mcycle}", where="--max-mcycle")
+        cmd.append(f"--max-mcycle={max_mcycle}")
+    if initial_hash:
+        cmd.append("--initial-hash")
+    if final_hash:
+        cmd.append("--final-hash")
+    if store_dir is not None:
+        if "%" in str(store_dir):
+            raise CmbuildError(f"the store directory must not contain '%' (the emulator substitutes "
+                               f"%h in it): {store_dir}", where="--store")
+        cmd.append(f"--store={store_dir}")
+    if assert_rolling_template:
+        cmd.append("--assert-rolling-template")
+    return cmd
+
+
+# --------------------------------------------------------------------------- output parsing
+
+
+def parse_hash(output: str) -> dict:
+    """Read the emulator's report (its stderr): ``{"hashes": [(mcycle, "0x<64 hex>"), ...],
+    "halted": bool, "payload": int | None, "cycles": int | None, "yield": str | None}``.
+
+    ``hashes`` are the ``<mcycle>: <hash>`` lines in order (``--initial-hash`` first,
+    ``--final-hash`` last); a hash is returned as ``0x`` + lowercase hex whether or not the
+    emulator printed the ``0x``. ``payload`` is N of ``Halted with payload: N``, 0 for a bare
+    ``Halted``, ``None`` when the machine did not halt. ``yield`` is the reason of the last
+    manual yield (``rx-accepted``, ...).
+    """
+    result: dict = {"hashes": [], "halted": False, "payload": None, "cycles": None, "yield": None}
+    for raw in re.split(r"[\r\n]", output):
+        line = raw.strip()
+        if m := _HASH_LINE_RE.match(line):
+            result["hashes"].append((int(m.group(1)), "0x" + m.group(2).lower()))
+        elif m := _HALTED_RE.match(line):
+            result["halted"] = True
+            result["payload"] = int(m.group(1)) if m.group(1) is not None else 0
+        elif m := _CYCLES_RE.match(line):
+            result["cycles"] = int(m.group(1))
+        elif (m := _YIELD_RE.match(line)) and m.group(1) == "Manual":
+            result["yield"] = m.group(2)
+    return result
+
+
+def stored_hash(store_dir: Path) -> str:
+    """The root hash of a stored machine (``cartesi-machine-stored-hash DIR``): ``0x<64 hex>``."""
+    exe = shutil.which(STORED_HASH_EXECUTABLE)
+    if exe is None:
+        raise CmbuildError(f"'{STORED_HASH_EXECUTABLE}' is not on PATH", where="PATH", hint=INSTALL_HINT)
+    if not Path(store_dir).is_dir():
+        raise CmbuildError("not a stored machine directory", where=str(store_dir))
+    try:
+        proc = subprocess.run([exe, str(store_dir)], stdin=subprocess.DEVNULL, capture_output=True,
+                              text=True, timeout=600)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise CmbuildError(f"'{STORED_HASH_EXECUTABLE}' failed: {e}", where=str(store_dir)) from e
+    lines = [ln.strip() for ln in proc.stdout.splitlines() if ln.strip()]
+    m = _STORED_HASH_RE.match(lines[-1]) if lines else None
+    if proc.returncode != 0 or not m:
+        raise CmbuildError(
+            f"'{STORED_HASH_EXECUTABLE}' exited with {proc.returncode} and printed "
+            f"{proc.stdout.strip()[-200:]!r} {proc.stderr.strip()[-500:]!r}; expected 0x<64 hex>",
+            where=str(store_dir),
+        )
+    return "0x" + m.group(1).lower()
+
+
+# --------------------------------------------------------------------------- running
+
+
+Sink = Callable[[bytes], None]
+
+
+def _stream_sink(stream: BinaryIO | None) -> Sink:
+    def write(data: bytes) -> None:
+        if stream is not None:
+            stream.write(data)
+            stream.flush()
+    return write
+
+
+def _default_sink(text_stream) -> Sink:
+    buffer = getattr(text_stream, "buffer", None)
+    if buffer is not None:
+        return _stream_sink(buffer)
+
+    def write(data: bytes) -> None:
+        text_stream.write(data.decode("utf-8", "replace"))
+        text_stream.flush()
+    return write
+
+
+def _pump(pipe: BinaryIO, sink: Sink, keep: list[bytes] | None) -> None:
+    fd = pipe.fileno()
+    while chunk := os.read(fd, 65536):
+        sink(chunk)
+        if keep is not None:
+            keep.append(chunk)
+
+
+@dataclass
+class RunResult:
+    command: list[str]
+    returncode: int
+    exit_code: int  # the guest's exit code when it halted, else the process's return code
+    halted: bool
+    payload: int | None
+    cycles: int | None
+    initial_hash: str | None
+    final_hash: str | None
+    yield_reason: str | None
+    report: str = field(repr=False, default="")  # the emulator's stderr
+
+
+def run(
+    *,
+    ram_image: Path,
+    ram_length: str,
+    drives: list[Drive],
+    bootargs: Sequence[str] = (),
+    store_dir: Path | None = None,
+    max_mcycle: int | None = None,
+    assert_rolling_template: bool = False,
+    initial_hash: bool = False,
+    final_hash: bool = False,
+    console: Sink | None = None,
+    report: Sink | None = None,
+    timeout: float | None = None,
+    version: Version | None = None,
+) -> RunResult:
+    """Run the machine, streaming the guest console (the emulator's stdout) to ``console`` and
+    the emulator's own messages (its stderr) to ``report`` as they come (default: this
+    process's stdout and stderr)."""
+    if version is None:
+        version = require_cartesi_machine("running a Cartesi machine")
+    cmd = build_command(version=version, ram_image=ram_image, ram_length=ram_length, drives=drives,
+                        bootargs=list(bootargs), store_dir=store_dir, max_mcycle=max_mcycle,
+                        assert_rolling_template=assert_rolling_template,
+                        initial_hash=initial_hash, final_hash=final_hash)
+    for path, what in [(Path(ram_image), "RAM image"), *[(Path(d.path), f"drive {d.label}") for d in drives]]:
+        if not path.is_file():
+            raise CmbuildError(f"{what} not found", where=str(path))
+    console = console or _default_sink(sys.stdout)
+    report = report or _default_sink(sys.stderr)
+    stderr_chunks: list[bytes] = []
+    try:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    except OSError as e:
+        raise CmbuildError(f"cannot start {EXECUTABLE}: {e}", where="PATH", hint=INSTALL_HINT) from e
+    assert proc.stdout is not None and proc.stderr is not None
+    err_thread = threading.Thread(target=_pump, args=(proc.stderr, report, stderr_chunks), daemon=True)
+    err_thread.start()
+    timed_out = threading.Event()
+
+    def stop() -> None:
+        timed_out.set()
+        proc.kill()
+    timer = threading.Timer(timeout, stop) if timeout else None
+    if timer:
+        timer.start()
+    try:
+        _pump(proc.stdout, console, None)
+        rc = proc.wait()
+        err_thread.join()
+    finally:
+        if timer:
+            timer.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+    text = b"".join(stderr_chunks).decode("utf-8", "replace")
+    if timed_out.is_set():
+        raise CmbuildError(f"{EXECUTABLE} did not finish within {timeout} s and was stopped",
+                           where=" ".join(cmd[:1]))
+    return _result(cmd, rc, text, initial_hash=initial_hash, final_hash=final_hash)
+
+
+def _result(cmd: list[str], rc: int, text: str, *, initial_hash: bool, final_hash: bool) -> RunResult:
+    parsed = parse_hash(text)
+    hashes = parsed["hashes"]
+    ran = parsed["halted"] or parsed["cycles"] is not None or bool(hashes)
+    if rc != 0 and not ran:
+        tail = "\n".join(text.strip().splitlines()[-10:])
+        raise CmbuildError(f"{EXECUTABLE} failed (exit code {rc}):\n{tail}", where=" ".join(cmd))
+    return RunResult(
+        command=cmd,
+        returncode=rc,
+        exit_code=parsed["payload"] if parsed["halted"] else rc,
+        halted=parsed["halted"],
+        payload=parsed["payload"],
+        cycles=parsed["cycles"],
+        initial_hash=hashes[0][1] if initial_hash and hashes else None,
+        final_hash=hashes[-1][1] if final_hash and hashes else None,
+        yield_reason=parsed["yield"],
+        report=text,
+    )
+
+
+@dataclass
+class Snapshot:
+    store_dir: Path
+    root_hash: str  # 0x<64 hex>, from cartesi-machine-stored-hash, equal to the printed hash
+    mcycle: int
+    run: RunResult
+
+
+def snapshot(
+    *,
+    ram_image: Path,
+    ram_length: str,
+    drives: list[Drive],
+    store_dir: Path,
+    bootargs: Sequence[str] = (),
+    rolling: bool = False,
+    console: Sink | None = None,
+    report: Sink | None = None,
+    timeout: float | None = None,
+) -> Snapshot:
+    """Store a machine in ``store_dir`` (which must not exist yet) and return its root hash.
+
+    ``rolling=False``: the initial state (``--max-mcycle=0 --initial-hash``).
+    ``rolling=True``: run to the first manual yield with ``--assert-rolling-template
+    --final-hash`` (a rollups app waiting for its first input); anything else is an error.
+    The hash read back with ``cartesi-machine-stored-hash`` must equal the printed one.
+    """
+    version = require_cartesi_machine("'cmbuild snapshot' (machine = \"cartesi\")")
+    if shutil.which(STORED_HASH_EXECUTABLE) is None:
+        raise CmbuildError(f"'{STORED_HASH_EXECUTABLE}' is not on PATH", where="PATH", hint=INSTALL_HINT)
+    store_dir = Path(store_dir)
+    if store_dir.exists():
+        raise CmbuildError("the snapshot directory already exists", where=str(store_dir),
+                           hint="pass a path that does not exist yet; the emulator creates it")
+    if not store_dir.parent.is_dir():
+        raise CmbuildError("the parent of the snapshot directory does not exist", where=str(store_dir))
+    try:
+        result = run(ram_image=ram_image, ram_length=ram_length, drives=drives, bootargs=bootargs,
+                     store_dir=store_dir, max_mcycle=None if rolling else 0,
+                     assert_rolling_template=rolling, initial_hash=not rolling, final_hash=rolling,
+                     console=console, report=report, timeout=timeout, version=version)
+        return _check_snapshot(store_dir, result, rolling)
+    except BaseException:
+        shutil.rmtree(store_dir, ignore_errors=True)
+        raise
+
+
+def _check_snapshot(store_dir: Path, result: RunResult, rolling: bool) -> Snapshot:
+    if rolling and result.returncode != 0:
+        if result.halted:
+            what = f"the machine halted (exit code {result.exit_code}) before its first input"
+        else:
+            what = (f"the machine stopped at {result.yield_reason or 'no manual yield'} "
+                    f"(emulator exit code {result.returncode})")
+        raise CmbuildError(
+            f"not a rollups template: {what}",
+            where=" ".join(result.command),
+            hint="the app must ask for its first input (rollups /finish with status accept) "
+                 "before a rolling snapshot can be taken",
+        )
+    if result.returncode != 0:
+        raise CmbuildError(f"{EXECUTABLE} exited with {result.returncode}", where=" ".join(result.command))
+    printed = result.final_hash if rolling else result.initial_hash
+    hashes = parse_hash(result.report)["hashes"]
+    if printed is None or not hashes:
+        raise CmbuildError(f"{EXECUTABLE} printed no root hash", where=" ".join(result.command))
+    mcycle = hashes[-1][0] if rolling else hashes[0][0]
+    if not store_dir.is_dir():
+        raise CmbuildError(f"{EXECUTABLE} did not store the machine", where=str(store_dir))
+    stored = stored_hash(store_dir)
+    if stored != printed:
+        raise CmbuildError(
+            f"the stored machine's root hash {stored} differs from the printed one {printed}",
+            where=str(store_dir),
+        )
+    return Snapshot(store_dir=store_dir, root_hash=stored, mcycle=mcycle, run=result)

@@ -1,0 +1,116 @@
+"""Small canonical-tar helpers: the bundle (rootfs/ + config.json), host directories for extra
+drives, and the empty tar. Output is deterministic: sorted entries, numeric owners, no user
+or group names, fixed times, PAX format."""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+import tarfile
+from pathlib import Path
+from typing import BinaryIO
+
+from .errors import CmbuildError
+
+FORMAT = tarfile.PAX_FORMAT
+
+
+def _new_tar(out: BinaryIO) -> tarfile.TarFile:
+    return tarfile.open(fileobj=out, mode="w|", format=FORMAT, encoding="utf-8", errors="surrogateescape")
+
+
+def _dir_info(name: str, mode: int = 0o755, mtime: int = 0) -> tarfile.TarInfo:
+    ti = tarfile.TarInfo(name)
+    ti.type = tarfile.DIRTYPE
+    ti.mode = mode
+    ti.mtime = mtime
+    ti.uid = ti.gid = 0
+    ti.uname = ti.gname = ""
+    return ti
+
+
+def _file_info(name: str, size: int, mode: int = 0o644) -> tarfile.TarInfo:
+    ti = tarfile.TarInfo(name)
+    ti.size = size
+    ti.mode = mode
+    ti.mtime = 0
+    ti.uid = ti.gid = 0
+    ti.uname = ti.gname = ""
+    return ti
+
+
+def prefix_tar(src: Path, out: BinaryIO, *, prefix: str, extra_files: dict[str, bytes]) -> None:
+    """Copy the canonical tar ``src`` under ``prefix/`` and add ``extra_files`` at the top.
+
+    Files sorting before ``prefix`` come first, then the prefix directory and its entries
+    (whose order is kept: the source is already canonical), then the rest."""
+    before = sorted(n for n in extra_files if n < prefix)
+    after = sorted(n for n in extra_files if n > prefix)
+    with _new_tar(out) as t, tarfile.open(src, mode="r:", encoding="utf-8", errors="surrogateescape") as s:
+        for name in before:
+            t.addfile(_file_info(name, len(extra_files[name])), io.BytesIO(extra_files[name]))
+        first = True
+        for m in s:
+            name = m.name
+            while name.startswith("./"):
+                name = name[2:]
+            if first:
+                first = False
+                if name in ("", "."):
+                    m.name = prefix
+                    m.uname = m.gname = ""
+                    t.addfile(m)
+                    continue
+                t.addfile(_dir_info(prefix))
+            m.name = f"{prefix}/{name}"
+            if m.islnk():
+                target = m.linkname
+                while target.startswith("./"):
+                    target = target[2:]
+                m.linkname = f"{prefix}/{target.lstrip('/')}"
+            m.uname = m.gname = ""
+            if m.isreg():
+                f = s.extractfile(m)
+                t.addfile(m, f)
+            else:
+                t.addfile(m)
+        if first:
+            t.addfile(_dir_info(prefix))
+        for name in after:
+            t.addfile(_file_info(name, len(extra_files[name])), io.BytesIO(extra_files[name]))
+
+
+def directory_tar(root: Path, out: BinaryIO) -> None:
+    """A canonical tar of a host directory (for ``[drives.<name>] builder = "directory"``):
+    sorted, owned by root, mtime 0, permissions kept (the umask of whoever made the files
+    is normalised: group/other get the owner's read and execute bits, never write)."""
+    if not root.is_dir():
+        raise CmbuildError("not a directory", where=str(root))
+    with _new_tar(out) as t:
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames.sort()
+            base = Path(dirpath)
+            for name in sorted(dirnames + filenames):
+                full = base / name
+                rel = full.relative_to(root).as_posix()
+                st = full.lstat()
+                perm = st.st_mode & 0o700
+                mode = perm | ((perm >> 3) & 0o050) | ((perm >> 6) & 0o005)
+                if stat.S_ISLNK(st.st_mode):
+                    ti = _file_info(rel, 0, 0o777)
+                    ti.type = tarfile.SYMTYPE
+                    ti.linkname = os.readlink(full)
+                    t.addfile(ti)
+                elif stat.S_ISDIR(st.st_mode):
+                    t.addfile(_dir_info(rel, mode | 0o700))
+                elif stat.S_ISREG(st.st_mode):
+                    with open(full, "rb") as f:
+                        t.addfile(_file_info(rel, st.st_size, mode), f)
+                else:
+                    raise CmbuildError("only files, directories and symlinks go into a drive", where=str(full))
+
+
+def empty_tar(out: BinaryIO) -> None:
+    with _new_tar(out):
+        pass

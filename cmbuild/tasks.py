@@ -1,0 +1,358 @@
+"""The doit task graph: one task per stage, plus the commands (run, hash, lock, audit, verify).
+
+Each stage task is up to date when its key (computed from its options and the output digests
+of its inputs) has an output in the store, that output is published in ``.cartesi/`` where it
+has a place there, and ``cartesi.lock`` records it. ``doit info <stage>`` says which of these
+is not the case, and which inputs changed since the lock was written.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from doit.exceptions import TaskFailed
+
+from . import __version__, drives
+from .config import CONFIG_NAME, Project, load_project
+from .errors import CmbuildError
+from .pipeline import STAGES, Context, NotBuilt, build_order, choose_backend, register_drives
+from .publish import published_ok, publish, read_lock, write_lock
+from .store import Store
+
+DEFAULT_TASK = "snapshot"
+QEMU_MIN_RAM = 512 << 20
+
+
+def _say(msg: str) -> None:
+    print(f"cmbuild: {msg}", file=sys.stderr, flush=True)
+
+
+def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
+    if explicit:
+        return Path(explicit).absolute()
+    env = os.environ.get("CMBUILD_CONFIG")
+    return Path(env).absolute() if env else Path.cwd() / CONFIG_NAME
+
+
+def open_context(path: Path, allow_unpinned: bool = False) -> Context:
+    project = load_project(path)
+    store = Store(project.cache.dir)
+    return Context(project, path.parent, store, allow_unpinned=allow_unpinned,
+                   progress=sys.stderr.isatty())
+
+
+def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for k in sorted(set(old) | set(new)):
+            out += _diff(old.get(k), new.get(k), f"{prefix}.{k}" if prefix else str(k))
+        return out
+    return [] if old == new else [prefix or "(all)"]
+
+
+# ----- the lock file -----------------------------------------------------------------------
+def tool_versions(backend: str) -> dict[str, str]:
+    tools = ["mksquashfs", "tar2sqfs", "genext2fs", "riscv64-linux-gnu-gcc"]
+    tools.append("cartesi-machine" if backend == "cartesi" else "qemu-system-riscv64")
+    return {t: drives.tool_version(t) for t in tools}
+
+
+def update_lock(ctx: Context, names: list[str]) -> None:
+    doc = read_lock(ctx.project_dir)
+    stages = doc.get("stages", {}) if isinstance(doc.get("stages"), dict) else {}
+    for name in names:
+        rec = ctx.record(name)
+        if rec is None:
+            continue
+        entry = {"key": ctx.key(name), **ctx.key_inputs(name), "output": rec.output}
+        if rec.meta.get("root_hash"):
+            entry["root_hash"] = rec.meta["root_hash"]
+        stages[name] = entry
+    valid = set(STAGES)
+    stages = {k: v for k, v in stages.items() if k in valid}
+    doc = {"lock_version": 1, "cmbuild": __version__, "stages": stages,
+           "backend": ctx.backend, "tools": ctx.memo("tools", lambda: tool_versions(ctx.backend))}
+    if "pull" in stages:
+        rec = ctx.image_record()
+        doc["image"] = {k: rec.get(k) for k in ("index", "manifest", "config", "layers", "diff_ids", "platform")}
+    if "runtime" in stages:
+        try:
+            recipe = ctx.memo("runtime-recipe", lambda: None)
+            if recipe is not None and hasattr(recipe, "model_dump"):
+                doc["runtime_recipe"] = recipe.model_dump(mode="json")
+        except Exception:  # the recipe's shape is the recipe module's business
+            pass
+    if "snapshot" in stages and stages["snapshot"].get("root_hash"):
+        doc["root_hash"] = stages["snapshot"]["root_hash"]
+    write_lock(ctx.project_dir, doc)
+
+
+# ----- stage tasks -------------------------------------------------------------------------
+class StageCheck:
+    """doit ``uptodate`` object: True when the stage's output for its current key exists,
+    is published and is recorded in cartesi.lock. ``str()`` says why not (doit info)."""
+
+    def __init__(self, ctx: Context, name: str):
+        self.ctx, self.name, self.reason = ctx, name, "not checked yet"
+
+    def __call__(self) -> bool:
+        ctx, name = self.ctx, self.name
+        try:
+            key = ctx.key(name)
+        except NotBuilt as e:
+            self.reason = f"its input stage '{e.stage}' has not been built yet"
+            return False
+        except CmbuildError as e:
+            self.reason = f"its inputs cannot be read: {e}"
+            return False
+        rec = ctx.store.get_key(key)
+        locked = read_lock(ctx.project_dir).get("stages", {}).get(name)
+        if rec is None:
+            why = "no output in the store for its key " + key[7:19]
+            if locked:
+                changed = _diff({"options": locked.get("options"), "inputs": locked.get("inputs")},
+                                ctx.key_inputs(name))
+                if changed:
+                    why += "; changed since cartesi.lock: " + ", ".join(changed)
+            else:
+                why += " (first build)"
+            self.reason = why
+            return False
+        pub = STAGES[name].publish_as(ctx)
+        if pub and not published_ok(ctx.project_dir, pub, ctx.store, rec.output):
+            self.reason = f".cartesi/{pub} is missing or is not the built output"
+            return False
+        if not locked or locked.get("key") != key or locked.get("output") != rec.output:
+            self.reason = "cartesi.lock does not record this output"
+            return False
+        self.reason = "up to date"
+        return True
+
+    def __str__(self) -> str:
+        return f"stage '{self.name}': {self.reason}"
+
+
+class StageAction:
+    def __init__(self, ctx: Context, name: str):
+        self.ctx, self.name = ctx, name
+
+    def __call__(self) -> Any:
+        ctx, name = self.ctx, self.name
+        t0 = time.monotonic()
+        try:
+            before = ctx.record(name)
+            rec = ctx.ensure(name)
+            pub = STAGES[name].publish_as(ctx)
+            if pub:
+                publish(ctx.project_dir, pub, ctx.store, rec.output)
+            update_lock(ctx, [name])
+        except NotBuilt as e:
+            return TaskFailed(f"stage '{e.stage}' has no output in the store; build it first")
+        except CmbuildError as e:
+            return TaskFailed(f"{name}: {e}")
+        what = "built" if before is None else "restored"
+        size = ""
+        obj = ctx.store.object_path(rec.output)
+        if obj.is_file():
+            size = f", {obj.stat().st_size / 1e6:.2f} MB"
+        where = f" -> .cartesi/{pub}" if pub else ""
+        _say(f"{name}: {what} {rec.output[7:19]}{size} in {time.monotonic() - t0:.1f} s{where}")
+        if rec.meta.get("root_hash"):
+            _say(f"root hash: {rec.meta['root_hash']}")
+        return None
+
+
+def stage_task(ctx: Context, name: str) -> dict[str, Any]:
+    stage = STAGES[name]
+    return {"name": name, "doc": stage.doc, "actions": [StageAction(ctx, name)],
+            "uptodate": [StageCheck(ctx, name)], "task_dep": list(stage.deps), "verbosity": 2}
+
+
+# ----- commands ----------------------------------------------------------------------------
+_EXIT_CODE: dict[str, int] = {}
+
+
+def _exit_with_container_code() -> None:
+    code = _EXIT_CODE.get("run")
+    if code:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def run_action(ctx: Context) -> Any:
+    backend, why = choose_backend(ctx.project)
+    _say(f"backend: {backend} ({why})")
+    m = ctx.project.machine
+    try:
+        from .pipeline import machine_drives
+        dlist = machine_drives(ctx)
+        if backend == "qemu":
+            from .machines import qemu
+            kernel = ctx.store.read_json(ctx.output("kernel"))
+            result = qemu.run(kernel=ctx.store.object_path(kernel["kernel"]),
+                              initrd=ctx.store.object_path(kernel["initrd"]),
+                              drives=[qemu.Drive(label=label, path=p, read_only=ro) for label, p, ro in dlist],
+                              append=list(kernel.get("cmdline", [])) + list(m.bootargs),
+                              ram=f"{max(m.ram_length, QEMU_MIN_RAM) >> 20}M", timeout=m.timeout,
+                              stream=sys.stdout)
+            code, reason = result.exit_code, result.reason
+        else:
+            from .machines import cartesi as cm
+            result = cm.run(version=cm.installed_version(), ram_image=ctx.path("kernel"),
+                            ram_length=str(m.ram_length),
+                            drives=[cm.Drive(label=label, path=p, read_only=ro) for label, p, ro in dlist],
+                            bootargs=m.bootargs, max_mcycle=m.max_mcycle, timeout=m.timeout)
+            code, reason = result.exit_code, getattr(result, "reason", "")
+    except NotBuilt as e:
+        return TaskFailed(f"stage '{e.stage}' has no output in the store; build it first")
+    except CmbuildError as e:
+        return TaskFailed(f"run: {e}")
+    _say(f"container exited with code {code}" + (f" ({reason})" if reason else ""))
+    _EXIT_CODE["run"] = code
+    atexit.register(_exit_with_container_code)
+    return None
+
+
+def snapshot_qemu_action(ctx: Context) -> Any:
+    _backend, why = choose_backend(ctx.project)
+    return TaskFailed("snapshot: snapshots are made by the Cartesi backend (cartesi-machine), and this "
+                      f"build uses qemu ({why}).\n  Install the Cartesi machine emulator (v0.21.0) for "
+                      "snapshots and root hashes; meanwhile `doit run` runs the container under QEMU.")
+
+
+def hash_action(ctx: Context, json_out: bool) -> Any:
+    lock = read_lock(ctx.project_dir)
+    root_hash = lock.get("root_hash")
+    rec = None
+    try:
+        rec = ctx.record("snapshot")
+    except (NotBuilt, CmbuildError):
+        rec = None
+    if rec is not None:
+        root_hash = rec.meta.get("root_hash", root_hash)
+    if not root_hash:
+        return TaskFailed("hash: no snapshot has been built; run `doit snapshot` first "
+                          "(snapshots need the Cartesi backend)")
+    hexhash = root_hash[2:] if root_hash.startswith("0x") else root_hash
+    if json_out:
+        print(json.dumps({"hash": hexhash}))
+    else:
+        print(hexhash)
+    return None
+
+
+def lock_action(ctx: Context, cfg: Path) -> Any:
+    img = ctx.project.image
+    if img.ref is None or img.path is not None:
+        return TaskFailed("lock: [image].ref names no registry image to pin (local sources are "
+                          "pinned by their content already)")
+    try:
+        from .oci.pull import resolve_digest
+        from .pin import pin_config
+        digest = resolve_digest(img.ref, img.platform, img.insecure)
+        pin_config(cfg, digest)
+    except CmbuildError as e:
+        return TaskFailed(f"lock: {e}")
+    _say(f"pinned {img.ref} to {digest} in {cfg.name}")
+    return None
+
+
+def audit_action(ctx: Context, stage: str) -> Any:
+    from .audit import audit
+    try:
+        ok = audit(ctx, only=stage or None)
+    except CmbuildError as e:
+        return TaskFailed(f"audit: {e}")
+    return None if ok else TaskFailed("audit: outputs differ from cartesi.lock (see the table above)")
+
+
+def verify_action(ctx: Context, repair: bool) -> Any:
+    from .audit import verify_store
+    bad = verify_store(ctx.store, repair=repair)
+    if bad and not repair:
+        return TaskFailed(f"verify: {len(bad)} corrupt object(s); run with --repair to remove them")
+    return None
+
+
+def make_tasks(ctx: Context, cfg: Path) -> list[dict[str, Any]]:
+    project = ctx.project
+    order = build_order(project, "build")
+    tasks = [stage_task(ctx, n) for n in order]
+    tasks.append({"name": "build", "doc": "build every drive and the kernel (all that run and snapshot need)",
+                  "actions": None,
+                  "task_dep": ["app", "runtime", "kernel"] + [n for n in order if n.startswith("drive-")]})
+    backend, _why = choose_backend(project)
+    if backend == "cartesi":
+        snap = stage_task(ctx, "snapshot")
+        snap["task_dep"] = ["build"]
+        tasks.append(snap)
+    else:
+        tasks.append({"name": "snapshot", "doc": STAGES["snapshot"].doc, "task_dep": ["build"],
+                      "actions": [(snapshot_qemu_action, [ctx])], "uptodate": [False], "verbosity": 2})
+    tasks.append({"name": "run", "doc": "boot the machine and run the container; exits with its exit code",
+                  "task_dep": ["build"], "actions": [(run_action, [ctx])], "uptodate": [False],
+                  "verbosity": 2})
+    tasks.append({"name": "hash", "doc": "print the template hash (root hash of the snapshot), like `cartesi hash`",
+                  "actions": [(hash_action, [ctx])], "uptodate": [False], "verbosity": 2,
+                  "params": [{"name": "json_out", "long": "json", "type": bool, "default": False,
+                              "help": "print {\"hash\": ...} as JSON"}]})
+    tasks.append({"name": "lock", "doc": "pin [image].ref to its digest in cartesi.toml",
+                  "actions": [(lock_action, [ctx, cfg])], "uptodate": [False], "verbosity": 2})
+    tasks.append({"name": "audit", "doc": "rebuild every stage in a fresh store and compare with cartesi.lock",
+                  "actions": [(audit_action, [ctx])], "uptodate": [False], "verbosity": 2,
+                  "params": [{"name": "stage", "long": "stage", "type": str, "default": "",
+                              "help": "audit only this stage (and what it needs)"}]})
+    tasks.append({"name": "verify", "doc": "re-hash every object in the store; --repair removes corrupt ones",
+                  "actions": [(verify_action, [ctx])], "uptodate": [False], "verbosity": 2,
+                  "params": [{"name": "repair", "long": "repair", "type": bool, "default": False,
+                              "help": "remove corrupt objects so the next build rebuilds them"}]})
+    return tasks
+
+
+def _default_tasks(argv: list[str]) -> list[str]:
+    """``doit run`` (the doit command with no task) means our run task, not the default."""
+    args = [a for a in argv if not a.startswith("-")]
+    if args[:1] == ["run"] and len(args) == 1:
+        return ["run"]
+    return [DEFAULT_TASK]
+
+
+def make_namespace(cfg: str | os.PathLike[str] | None = None, argv: list[str] | None = None,
+                   allow_unpinned: bool = False) -> dict[str, Any]:
+    """The namespace of a dodo file: ``DOIT_CONFIG`` and ``task_*`` generators."""
+    path = config_path(cfg)
+    allow_unpinned = allow_unpinned or os.environ.get("CMBUILD_ALLOW_UNPINNED") == "1"
+    try:
+        ctx = open_context(path, allow_unpinned=allow_unpinned)
+        register_drives(ctx.project)
+    except CmbuildError as e:
+        print(f"cmbuild: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    tasks = make_tasks(ctx, path)
+    namespace: dict[str, Any] = {
+        "DOIT_CONFIG": {"dep_file": str(ctx.store.root / "doit.db"), "backend": "json",
+                        "default_tasks": _default_tasks(sys.argv[1:] if argv is None else argv),
+                        "verbosity": 2, "action_string_formatting": "new"},
+    }
+    for t in tasks:
+        namespace[f"task_{t['name'].replace('-', '_')}"] = _task_creator(t)
+    namespace["CMBUILD_CONTEXT"] = ctx
+    return namespace
+
+
+def _task_creator(task: dict[str, Any]) -> Any:
+    def creator() -> dict[str, Any]:
+        t = dict(task)
+        t.pop("name", None)
+        t["basename"] = task["name"]
+        return t
+    creator.__name__ = f"task_{task['name']}"
+    creator.__doc__ = task.get("doc")
+    return creator
