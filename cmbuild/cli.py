@@ -16,7 +16,7 @@ DOIT_COMMANDS = {"list", "info", "clean", "forget", "ignore", "dumpdb", "help", 
                  "reset-dep", "auto", "tabcompletion"}
 USAGE = """usage: cmbuild [-c cartesi.toml] [--allow-unpinned] [TASK|doit-command] [args]
 
-tasks:    snapshot (default), build, run, hash [--json], lock, audit [--stage S],
+tasks:    snapshot (default), build, run (= boot), hash [--json], lock, audit [--stage S],
           verify [--repair], and one per stage: pull, unpack, config, app, init, runtime, kernel
 commands: list, info TASK, help, ...   (cmbuild X is doit X with cmbuild's tasks)
 """
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     if allow_unpinned:
         os.environ["CMBUILD_ALLOW_UNPINNED"] = "1"
     if args[:1] == ["run"]:
-        args = ["run", "run"] + args[1:]
+        args = ["run", "boot"] + args[1:]
     elif args and args[0] not in DOIT_COMMANDS and not args[0].startswith("-"):
         args = ["run"] + args
     from .tasks import make_namespace

@@ -247,13 +247,15 @@ def _loc(loc: tuple[Any, ...]) -> str:
     parts = [str(p) for p in loc if not (isinstance(p, str) and p.startswith(("function-", "literal")))]
     if not parts:
         return "(top level)"
-    if parts[0] == "drives" and len(parts) >= 3:
+    if parts[0] == "drives" and len(parts) >= 2:
         table, rest = f"drives.{parts[1]}", parts[2:]
     elif len(parts) >= 2:
         table, rest = parts[0], parts[1:]
+    elif parts[0] in Project.model_fields:
+        return f"[{parts[0]}]"
     else:
         return parts[0]
-    return f"[{table}]." + ".".join(rest)
+    return f"[{table}]" + ("." + ".".join(rest) if rest else "")
 
 
 def _message(err: dict[str, Any]) -> str:
@@ -266,7 +268,7 @@ def _message(err: dict[str, Any]) -> str:
     for prefix in ("Value error, ", "Assertion failed, "):
         if msg.startswith(prefix):
             msg = msg[len(prefix):]
-    if kind.endswith("_type") or kind.endswith("_parsing"):
+    if kind.endswith("_type") or kind.endswith("_parsing") or kind == "literal_error":
         msg += f" (got {err.get('input')!r})"
     return msg
 

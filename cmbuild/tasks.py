@@ -296,7 +296,9 @@ def make_tasks(ctx: Context, cfg: Path) -> list[dict[str, Any]]:
     else:
         tasks.append({"name": "snapshot", "doc": STAGES["snapshot"].doc, "task_dep": ["build"],
                       "actions": [(snapshot_qemu_action, [ctx])], "uptodate": [False], "verbosity": 2})
-    tasks.append({"name": "run", "doc": "boot the machine and run the container; exits with its exit code",
+    # doit reserves the task name "run" (its own command): `doit run` with no task runs this
+    # one (see _default_tasks), and so does `doit boot` / `cmbuild run`.
+    tasks.append({"name": "boot", "doc": "boot the machine and run the container (`doit run`); exits with its exit code",
                   "task_dep": ["build"], "actions": [(run_action, [ctx])], "uptodate": [False],
                   "verbosity": 2})
     tasks.append({"name": "hash", "doc": "print the template hash (root hash of the snapshot), like `cartesi hash`",
@@ -320,7 +322,7 @@ def _default_tasks(argv: list[str]) -> list[str]:
     """``doit run`` (the doit command with no task) means our run task, not the default."""
     args = [a for a in argv if not a.startswith("-")]
     if args[:1] == ["run"] and len(args) == 1:
-        return ["run"]
+        return ["boot"]
     return [DEFAULT_TASK]
 
 

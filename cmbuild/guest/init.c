@@ -22,6 +22,8 @@
  *                                  guessed (a device-tree alias "root" means cartesi)
  *   cmbuild.debug=1                verbose messages; on a failure, a busybox shell on the console
  *                                  before the machine ends
+ *   cmbuild.overlay=0              do not use overlayfs even when the kernel has it (to test, under
+ *                                  QEMU, the fallbacks a Cartesi kernel without overlayfs takes)
  *
  * Drives are found BY LABEL, never by order:
  *   cartesi: /proc/device-tree/aliases/<label> holds "/pmem@<start>"; the block device is the
@@ -102,6 +104,7 @@ enum fstype { FS_UNKNOWN, FS_SQUASHFS, FS_EXT };
 
 static enum machine machine = M_UNKNOWN;
 static int debug = 0;
+static int no_overlay = 0; /* cmbuild.overlay=0: behave as if the kernel had no overlayfs */
 
 #define CRUN "/usr/bin/crun"
 #define BUSYBOX "/bin/busybox"
@@ -309,6 +312,8 @@ static void read_cmdline(void)
                 failf(E_CMDLINE, 0, "unknown machine in kernel command line: %s", tok);
         } else if (strcmp(tok, "cmbuild.debug=1") == 0) {
             debug = 1;
+        } else if (strcmp(tok, "cmbuild.overlay=0") == 0) {
+            no_overlay = 1;
         }
     }
     if (machine == M_UNKNOWN) {
@@ -530,7 +535,9 @@ static void prepare_bundle(enum fstype app_type, int app_rw)
     if (copy_file("/run/app/config.json", "/run/bundle/config.json") < 0)
         fail(E_BUNDLE, "copy config.json to /run/bundle", errno);
 
-    if (overlay_available()) {
+    if (no_overlay)
+        say("cmbuild: overlayfs not used (cmbuild.overlay=0)");
+    if (!no_overlay && overlay_available()) {
         if (mkdir_p("/run/overlay", 0755) < 0)
             fail(E_WRITABLE, "mkdir /run/overlay", errno);
         if (mount("tmpfs", "/run/overlay", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755") < 0)

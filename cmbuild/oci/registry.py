@@ -106,16 +106,14 @@ class RegistryClient:
 
     def _authed(self, method: str, url: str, repository: str, headers: dict[str, str],
                 stream: bool) -> requests.Response:
-        for attempt in range(2):
+        for _ in range(3):
             auth = self.auth.header(repository)
             r = self._follow(method, url, {**headers, **auth}, stream)
             if r.status_code != 401:
                 return r
             r.close()
-            if attempt == 1:
-                raise self.auth.denied(repository) if not self.auth.creds else self.auth.rejected()
-            self.auth.challenge(r, repository, sent=bool(auth))
-        raise AssertionError("unreachable")
+            self.auth.challenge(r, repository, sent=bool(auth))  # raises when hopeless
+        raise self.auth.denied(repository)
 
     def request(self, method: str, url: str, repository: str,
                 headers: dict[str, str] | None = None, stream: bool = False) -> requests.Response:

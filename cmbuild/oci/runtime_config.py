@@ -49,8 +49,8 @@ Implementation-defined parts, modelled on the default spec of ``runc spec`` / ``
   ``noNewPrivileges`` true; capabilities ``CAP_AUDIT_WRITE``, ``CAP_KILL``,
   ``CAP_NET_BIND_SERVICE`` in bounding, effective and permitted (runc's default spec; crun's
   also lists them as ambient, which is left out); ``RLIMIT_NOFILE`` 1024/1024.
-- namespaces pid, ipc, uts, mount: no network namespace (the machine has no network anyway,
-  and the loopback of the machine is then shared) and no user namespace.
+- namespaces pid, ipc, uts, mount: no network namespace (the machine has no network; the
+  container shares the machine's loopback) and no user namespace.
 - mounts ``/proc``, ``/dev`` (tmpfs), ``/dev/pts``, ``/dev/shm``, ``/dev/mqueue``, ``/sys``
   (read-only) as in runc's default spec; no ``/sys/fs/cgroup`` mount and no ``linux.resources``:
   crun runs with ``--cgroup-manager=disabled`` in the machine and there are no cgroup limits.
@@ -512,7 +512,7 @@ def resolve_user(spec: str, passwd: bytes | None, group: bytes | None, *, where:
     users = parse_passwd(passwd) if passwd is not None else []
 
     uid = _parse_id(user_part) if user_part else 0
-    if user_part and uid is None and user_part.isdigit():
+    if user_part and uid is None and user_part.isascii() and user_part.isdigit():
         raise CmbuildError(f"uid {user_part} is out of range (0..{MAX_ID})", where=where)
     if uid is not None:
         entry = next((u for u in users if u.uid == uid), None)
@@ -555,7 +555,7 @@ def _resolve_group(name: str, group: bytes | None, where: str) -> int:
     gid = _parse_id(name)
     if gid is not None:
         return gid  # numeric: verbatim (conversion.md)
-    if name.isdigit():
+    if name.isascii() and name.isdigit():
         raise CmbuildError(f"gid {name} is out of range (0..{MAX_ID})", where=where)
     if group is None:
         raise CmbuildError(

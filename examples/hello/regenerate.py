@@ -48,6 +48,7 @@ REPO = HERE.parent.parent
 if str(REPO) not in sys.path:  # run as a script from a checkout, without installing cmbuild
     sys.path.insert(0, str(REPO))
 
+from cmbuild.debian import DebPackage, extract_deb, fetch_debs, lookup  # noqa: E402
 from cmbuild.errors import CmbuildError  # noqa: E402
 from cmbuild.store import Store, canonical_json, sha256_bytes  # noqa: E402
 
@@ -340,10 +341,8 @@ def copy_from_tree(layer: Layer, tree: Path, rel: str) -> None:
 
 # ----- packages ---------------------------------------------------------------------------
 
-def read_pins(path: Path) -> list[Any]:
-    """The pinned packages of ``packages.toml``, as :class:`cmbuild.debian.DebPackage`."""
-    from cmbuild.debian import DebPackage
-
+def read_pins(path: Path) -> list[DebPackage]:
+    """The pinned packages of ``packages.toml``."""
     try:
         doc = tomllib.loads(path.read_text())
     except OSError as e:
@@ -353,7 +352,7 @@ def read_pins(path: Path) -> list[Any]:
     if doc.get("suite") != SUITE or doc.get("arch") != ARCH:
         raise CmbuildError(f"expected suite = {SUITE!r} and arch = {ARCH!r}, got "
                            f"{doc.get('suite')!r} and {doc.get('arch')!r}", where=str(path))
-    pins = []
+    pins: list[DebPackage] = []
     for i, p in enumerate(doc.get("package", [])):
         where = f"{path}: package[{i}]"
         if not isinstance(p, dict) or set(p) != {"name", "version", "sha256"}:
@@ -371,7 +370,7 @@ def read_pins(path: Path) -> list[Any]:
     return pins
 
 
-def write_pins(path: Path, pins: list[Any]) -> None:
+def write_pins(path: Path, pins: list[DebPackage]) -> None:
     lines = [
         "# The Debian packages of the hello example image, pinned by name, exact version and the sha256",
         "# of the .deb. Written by `python examples/hello/regenerate.py --pin` (which asks apt for the",
@@ -385,9 +384,7 @@ def write_pins(path: Path, pins: list[Any]) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def pin(store: Store, path: Path) -> list[Any]:
-    from cmbuild.debian import lookup
-
+def pin(store: Store, path: Path) -> list[DebPackage]:
     pins = [lookup(store, name, suite=SUITE, arch=ARCH) for name in PACKAGE_NAMES]
     write_pins(path, pins)
     for p in pins:
@@ -395,10 +392,8 @@ def pin(store: Store, path: Path) -> list[Any]:
     return pins
 
 
-def extract(store: Store, pins: list[Any], scratch: Path) -> dict[str, Path]:
+def extract(store: Store, pins: list[DebPackage], scratch: Path) -> dict[str, Path]:
     """Fetch the pinned .debs into the store and unpack each into its own directory."""
-    from cmbuild.debian import extract_deb, fetch_debs
-
     digests = fetch_debs(store, pins, suite=SUITE, arch=ARCH)
     trees: dict[str, Path] = {}
     for p in pins:
@@ -452,7 +447,7 @@ def build_layers(trees: dict[str, Path], scratch: Path, entry_script: bytes) -> 
     return [base, prog, app]
 
 
-def history(pins: list[Any]) -> list[dict[str, str]]:
+def history(pins: list[DebPackage]) -> list[dict[str, str]]:
     v = {p.name: p.version for p in pins}
     return [
         {"created_by": f"busybox-static {v['busybox-static']} (Debian {SUITE}/{ARCH}): "
@@ -467,7 +462,7 @@ def history(pins: list[Any]) -> list[dict[str, str]]:
     ]
 
 
-def image_blobs(layers: list[Layer], pins: list[Any]) -> tuple[dict[str, bytes], bytes]:
+def image_blobs(layers: list[Layer], pins: list[DebPackage]) -> tuple[dict[str, bytes], bytes]:
     """All blobs of the image (digest -> bytes) and the bytes of ``index.json``."""
     blobs: dict[str, bytes] = {}
     layer_descs: list[dict[str, Any]] = []

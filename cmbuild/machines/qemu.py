@@ -1,0 +1,212 @@
+"""The qemu machine: boot the runtime layer and run the container under qemu-system-riscv64.
+
+::
+
+    qemu-system-riscv64 -machine virt -smp 1 -m RAM -nographic -bios default -no-reboot
+        -kernel K -initrd I -append "console=ttyS0 quiet panic=-1 ... cmbuild.machine=qemu"
+        -drive if=none,id=d0,file=F,format=raw[,readonly=on]
+        -device virtio-blk-device,drive=d0,serial=<label>      (one pair per drive)
+
+The guest finds each drive by its virtio serial (its label: ``root``, ``app``, extra drives).
+The console is streamed line by line as it comes; the container's exit code is the number on
+the LAST ``cmbuild: exit-code N`` line the guest's init prints before it powers off (init's own
+failure codes, 100-123, come the same way: see docs/guest.md). QEMU stopping without that line,
+or the timeout passing, is reported with a clear ``reason``.
+
+A qemu machine cannot be snapshotted: only the Cartesi machine can (``snapshot_unsupported``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence, TextIO
+
+from ..errors import CmbuildError
+
+QEMU = "qemu-system-riscv64"
+SERIAL_MAX = 20  # virtio-blk serial (VIRTIO_BLK_ID_BYTES)
+EXIT_LINE = re.compile(r"^cmbuild: exit-code (\d+)\s*$")
+_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+BASE_CMDLINE = ("console=ttyS0", "quiet", "panic=-1")
+
+# RunResult.reason values
+REASON_EXIT_LINE = "exit-code line"
+REASON_TIMEOUT = "timeout"
+REASON_NO_EXIT_LINE = "no exit line"
+
+
+@dataclass
+class Drive:
+    """A drive of the machine: its label (the virtio serial the guest looks for), its image
+    file, and whether the guest may write to it."""
+
+    label: str
+    path: Path
+    read_only: bool = True
+
+
+@dataclass
+class RunResult:
+    """How a run ended. ``exit_code`` is the container's (or init's failure code) when
+    ``reason`` is "exit-code line"; otherwise it is a cmbuild code (124 timeout, 125 no line)
+    and ``reason`` says what happened."""
+
+    exit_code: int
+    output: str
+    reason: str
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.reason == REASON_EXIT_LINE
+
+
+def validate_drives(drives: Sequence[Drive]) -> None:
+    """Labels must be usable as virtio serials (at most 20 characters) and unique; the
+    runtime layer (``root``) must be there; files must exist."""
+    seen: set[str] = set()
+    for d in drives:
+        if not _LABEL.match(d.label) or len(d.label) > SERIAL_MAX:
+            raise CmbuildError(f"drive label {d.label!r} cannot be a virtio-blk serial: use "
+                               f"at most {SERIAL_MAX} characters of A-Z a-z 0-9 _ . -",
+                               where=str(d.path))
+        if d.label in seen:
+            raise CmbuildError(f"two drives are labelled {d.label!r}")
+        seen.add(d.label)
+        if not Path(d.path).is_file():
+            raise CmbuildError(f"the image of drive {d.label!r} is not a file",
+                               where=str(d.path))
+        if "," in str(d.path):
+            raise CmbuildError("QEMU cannot take a drive file name with a comma",
+                               where=str(d.path), hint="move or link the file elsewhere")
+    if "root" not in seen:
+        raise CmbuildError("no drive labelled 'root' (the runtime layer)")
+
+
+def qemu_command(*, kernel: Path, initrd: Path, drives: Sequence[Drive],
+                 append: Iterable[str] = (), ram: str = "512M") -> list[str]:
+    """The qemu-system-riscv64 command line (see the module's documentation)."""
+    validate_drives(drives)
+    words = [*BASE_CMDLINE, *append, "cmbuild.machine=qemu"]
+    for w in words:
+        if not w or any(c.isspace() for c in w) or '"' in w:
+            raise CmbuildError(f"kernel command line word {w!r} is empty or has spaces/quotes")
+    cmd = [QEMU, "-machine", "virt", "-smp", "1", "-m", ram, "-nographic", "-bios", "default",
+           "-no-reboot", "-kernel", str(kernel), "-initrd", str(initrd),
+           "-append", " ".join(words)]
+    for i, d in enumerate(drives):
+        opt = f"if=none,id=d{i},file={d.path},format=raw"
+        if d.read_only:
+            opt += ",readonly=on"
+        cmd += ["-drive", opt, "-device", f"virtio-blk-device,drive=d{i},serial={d.label}"]
+    return cmd
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def run(*, kernel: Path, initrd: Path, drives: list[Drive], append: Sequence[str] = (),
+        ram: str = "512M", timeout: float = 600, stream: TextIO | None = sys.stdout) -> RunResult:
+    """Boot the machine, stream its console to ``stream`` line by line, and return how it
+    ended. Never raises for what happens inside the guest: see :class:`RunResult`."""
+    qemu = shutil.which(QEMU)
+    if qemu is None:
+        raise CmbuildError(f"{QEMU} is not installed",
+                           hint="install Debian's package qemu-system-misc (it also ships the "
+                                "OpenSBI firmware that -bios default loads)")
+    for what, p in (("kernel", kernel), ("initrd", initrd)):
+        if not Path(p).is_file():
+            raise CmbuildError(f"the {what} is not a file", where=str(p))
+    cmd = qemu_command(kernel=kernel, initrd=initrd, drives=drives, append=append, ram=ram)
+    cmd[0] = qemu
+    start = time.monotonic()
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    assert proc.stdout is not None
+    os.set_blocking(proc.stdout.fileno(), False)
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    lines: list[str] = []
+    pending = b""
+    code: int | None = None
+    timed_out = False
+
+    def take(line: bytes) -> None:
+        nonlocal code
+        text = line.decode("utf-8", errors="replace").rstrip("\r\n").replace("\r", "")
+        lines.append(text)
+        if stream is not None:
+            stream.write(text + "\n")
+            stream.flush()
+        m = EXIT_LINE.match(text)
+        if m:
+            code = int(m.group(1))
+
+    try:
+        eof = False
+        while not eof:
+            left = timeout - (time.monotonic() - start)
+            if left <= 0:
+                timed_out = True
+                break
+            for _key, _ev in sel.select(timeout=min(left, 1.0)):
+                chunk = os.read(proc.stdout.fileno(), 65536)
+                if not chunk:
+                    eof = True
+                    break
+                pending += chunk
+                *done, pending = pending.split(b"\n")
+                for line in done:
+                    take(line)
+        if pending:
+            take(pending)
+    finally:
+        sel.close()
+        _kill(proc)
+        proc.stdout.close()
+    rc = proc.wait()
+    seconds = time.monotonic() - start
+    output = "\n".join(lines) + ("\n" if lines else "")
+    if timed_out:
+        return RunResult(124, output, f"{REASON_TIMEOUT}: the machine did not end within "
+                         f"{timeout:g} s and was killed", seconds)
+    if code is None:
+        tail = " | ".join(l for l in lines[-5:] if l.strip())
+        return RunResult(125, output, f"{REASON_NO_EXIT_LINE}: QEMU exited (status {rc}) "
+                         f"without a 'cmbuild: exit-code N' line; last output: {tail or '(none)'}",
+                         seconds)
+    return RunResult(code, output, REASON_EXIT_LINE, seconds)
+
+
+def check(result: RunResult) -> int:
+    """The exit code of a run that ended normally; a CmbuildError for a timeout or a machine
+    that stopped without saying its exit code."""
+    if not result.ok:
+        raise CmbuildError(f"the qemu machine failed: {result.reason}",
+                           hint="run again with cmbuild.debug=1 on the kernel command line "
+                                "for init's messages and a shell")
+    return result.exit_code
+
+
+def snapshot_unsupported() -> None:
+    """A qemu machine has no snapshot: say so and what to do instead."""
+    raise CmbuildError("snapshots need the Cartesi backend (machine = \"cartesi\" with "
+                       "cartesi-machine installed); the qemu backend can only boot and run",
+                       hint="use `doit run` to boot the image under QEMU and run the container")

@@ -1,0 +1,299 @@
+"""The qemu machine, end to end: Debian's kernel + boot shim + runtime layer + our init + crun
+running a real container in a real (emulated) RISC-V machine.
+
+Boots are slow-ish (TCG), so every artifact is built once per session and each boot proves
+several things at once:
+
+1. squashfs app drive, overlayfs: stdout reaches the host, exit 7 comes back, overlay is said.
+2. no app drive: init's distinct code 103, no hang.
+3. ext2 app drive, overlay disabled (cmbuild.overlay=0) + an extra ext2 drive "data" bind-mounted
+   into the container: the ext2 strategy, writes land on the drives (read back on the host).
+4. squashfs app drive, overlay disabled: the read-only root with tmpfs on /tmp and /run.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from cmbuild.errors import CmbuildError
+from cmbuild.machines import qemu
+from cmbuild.machines.qemu import Drive, RunResult
+
+needs_qemu = pytest.mark.skipif(shutil.which("qemu-system-riscv64") is None,
+                                reason="qemu-system-riscv64 is not installed")
+
+
+# ----- fast tests: command line, labels, output parsing -----------------------------------------
+
+def test_command_line(tmp_path: Path) -> None:
+    for name in ("k", "i", "r", "a"):
+        (tmp_path / name).write_bytes(b"x")
+    cmd = qemu.qemu_command(kernel=tmp_path / "k", initrd=tmp_path / "i",
+                            drives=[Drive("root", tmp_path / "r"),
+                                    Drive("app", tmp_path / "a", read_only=False)],
+                            append=["cmbuild.debug=1"], ram="256M")
+    s = " ".join(cmd)
+    assert "-machine virt -smp 1 -m 256M -nographic -bios default -no-reboot" in s
+    append = cmd[cmd.index("-append") + 1]
+    assert append.startswith("console=ttyS0 quiet")
+    assert append.endswith("cmbuild.debug=1 cmbuild.machine=qemu")
+    assert f"if=none,id=d0,file={tmp_path / 'r'},format=raw,readonly=on" in cmd
+    assert f"if=none,id=d1,file={tmp_path / 'a'},format=raw" in cmd
+    assert "virtio-blk-device,drive=d1,serial=app" in cmd
+
+
+@pytest.mark.parametrize("label", ["", "a" * 21, "has space", "comma,x", "-lead"])
+def test_bad_labels_refused(tmp_path: Path, label: str) -> None:
+    (tmp_path / "r").write_bytes(b"x")
+    with pytest.raises(CmbuildError, match="virtio-blk serial"):
+        qemu.validate_drives([Drive("root", tmp_path / "r"), Drive(label, tmp_path / "r")])
+
+
+def test_needs_root_and_unique_labels(tmp_path: Path) -> None:
+    (tmp_path / "r").write_bytes(b"x")
+    with pytest.raises(CmbuildError, match="root"):
+        qemu.validate_drives([Drive("app", tmp_path / "r")])
+    with pytest.raises(CmbuildError, match="two drives"):
+        qemu.validate_drives([Drive("root", tmp_path / "r"), Drive("root", tmp_path / "r")])
+    with pytest.raises(CmbuildError, match="not a file"):
+        qemu.validate_drives([Drive("root", tmp_path / "missing")])
+    ok = "a" * 20
+    qemu.validate_drives([Drive("root", tmp_path / "r"), Drive(ok, tmp_path / "r")])
+
+
+def test_snapshot_unsupported() -> None:
+    with pytest.raises(CmbuildError, match="Cartesi backend") as e:
+        qemu.snapshot_unsupported()
+    assert "doit run" in str(e.value)
+
+
+def _fake_qemu(tmp_path: Path, script: str) -> Path:
+    """A stand-in qemu-system-riscv64 (a shell script) to test output parsing and timeouts
+    without booting anything."""
+    d = tmp_path / "bin"
+    d.mkdir()
+    exe = d / "qemu-system-riscv64"
+    exe.write_text("#!/bin/sh\n" + script)
+    exe.chmod(0o755)
+    return d
+
+
+def _files(tmp_path: Path) -> dict[str, Path]:
+    out = {}
+    for name in ("k", "i", "r"):
+        (tmp_path / name).write_bytes(b"x")
+        out[name] = tmp_path / name
+    return out
+
+
+def test_last_exit_line_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    d = _fake_qemu(tmp_path, "printf 'boot\\r\\ncmbuild: exit-code 3\\nmore\\n"
+                             "cmbuild: exit-code 42\\r\\n[ 1.0] reboot: Power down'\n")
+    monkeypatch.setenv("PATH", f"{d}:/usr/bin:/bin")
+    f = _files(tmp_path)
+    out = io.StringIO()
+    r = qemu.run(kernel=f["k"], initrd=f["i"], drives=[Drive("root", f["r"])], stream=out,
+                 timeout=30)
+    assert (r.exit_code, r.reason) == (42, qemu.REASON_EXIT_LINE)
+    assert out.getvalue().splitlines()[0] == "boot"
+    assert "[ 1.0] reboot: Power down" in r.output
+    assert qemu.check(r) == 42
+
+
+def test_no_exit_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    d = _fake_qemu(tmp_path, "echo 'Kernel panic - not syncing: VFS'; exit 0\n")
+    monkeypatch.setenv("PATH", f"{d}:/usr/bin:/bin")
+    f = _files(tmp_path)
+    r = qemu.run(kernel=f["k"], initrd=f["i"], drives=[Drive("root", f["r"])], stream=None,
+                 timeout=30)
+    assert r.reason.startswith(qemu.REASON_NO_EXIT_LINE)
+    assert "Kernel panic" in r.reason
+    with pytest.raises(CmbuildError, match="no exit line"):
+        qemu.check(r)
+
+
+def test_timeout_kills(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    d = _fake_qemu(tmp_path, "echo booting; exec sleep 60\n")
+    monkeypatch.setenv("PATH", f"{d}:/usr/bin:/bin")
+    f = _files(tmp_path)
+    r = qemu.run(kernel=f["k"], initrd=f["i"], drives=[Drive("root", f["r"])], stream=None,
+                 timeout=1.5)
+    assert r.reason.startswith(qemu.REASON_TIMEOUT)
+    assert "1.5 s" in r.reason
+    assert r.seconds < 10
+    with pytest.raises(CmbuildError, match="timeout"):
+        qemu.check(r)
+
+
+# ----- real boots -----------------------------------------------------------------------------
+
+def _bundle_tar(out: Path, busybox: bytes, script: str, mounts: list[dict] = ()) -> Path:
+    """A canonical tar of an OCI bundle: rootfs/ with a static busybox, and config.json."""
+    config = {
+        "ociVersion": "1.0.2",
+        "root": {"path": "rootfs", "readonly": False},
+        "process": {"terminal": False, "user": {"uid": 0, "gid": 0}, "cwd": "/",
+                    "args": ["/bin/busybox", "sh", "-c", script],
+                    "env": ["PATH=/bin", "HOME=/"]},
+        "hostname": "cmbuild",
+        "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"},
+                   {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+                    "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+                   *mounts],
+        "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "ipc"},
+                                 {"type": "uts"}]},
+    }
+    entries: list[tuple[str, bytes | None, int]] = [
+        ("config.json", json.dumps(config, sort_keys=True).encode(), 0o644),
+        ("rootfs", None, 0o755),
+        *((f"rootfs/{d}", None, 0o755) for d in ("bin", "data", "dev", "proc", "run", "sys",
+                                                 "tmp")),
+        ("rootfs/bin/busybox", busybox, 0o755),
+    ]
+    with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tf:
+        for name, data, mode in sorted(entries):
+            ti = tarfile.TarInfo(name)
+            ti.mode, ti.mtime = mode, 0
+            if data is None:
+                ti.type = tarfile.DIRTYPE
+                tf.addfile(ti)
+            else:
+                ti.size = len(data)
+                tf.addfile(ti, io.BytesIO(data))
+    return out
+
+
+def _boot(env: dict, drives: list[Drive], append: list[str] = ()) -> RunResult:
+    r = qemu.run(kernel=env["kernel"], initrd=env["initrd"], drives=drives,
+                 append=[*env["cmdline"], *append], timeout=300, stream=None)
+    print(r.output)
+    print(f"boot: {r.seconds:.1f} s, {r.reason}, exit {r.exit_code}")
+    return r
+
+
+@pytest.fixture(scope="session")
+def busybox_riscv64(store_session) -> bytes:
+    from cmbuild.debian import extract_deb, fetch_debs
+    from cmbuild.recipes import RECIPES_ROOT, load_runtime_recipe
+
+    recipe = load_runtime_recipe(RECIPES_ROOT, "0.1.0")
+    pin = recipe.package("busybox-static")
+    digest = fetch_debs(store_session, [pin.deb()], suite=recipe.suite,
+                        arch=recipe.architecture)[pin.name]
+    with store_session.tmpdir() as tmp:
+        extract_deb(store_session.object_path(digest), tmp / "x")
+        return (tmp / "x/usr/bin/busybox").read_bytes()
+
+
+@pytest.fixture(scope="session")
+def store_session(tmp_path_factory):
+    from cmbuild.store import Store
+
+    return Store(tmp_path_factory.mktemp("qemu-store"))
+
+
+@pytest.fixture(scope="session")
+def machine(store_session) -> dict:
+    """Kernel, initrd and runtime layer, built once for all boots."""
+    from cmbuild.guest.build import build_init
+    from cmbuild.recipes import RECIPES_ROOT, load_kernel_recipe, load_runtime_recipe
+    from cmbuild.stages.kernel import build_qemu_kernel, kernel_files
+    from cmbuild.stages.runtime import build_runtime
+
+    s = store_session
+    k = kernel_files(s, build_qemu_kernel(s, load_kernel_recipe(RECIPES_ROOT, "qemu-6.12.117-1")))
+    init = build_init(s)
+    layer = build_runtime(s, load_runtime_recipe(RECIPES_ROOT, "0.1.0"), init_digest=init,
+                          compression="none", quiet=True)
+    return {"kernel": k["kernel"], "initrd": k["initrd"], "cmdline": k["cmdline"],
+            "root": Drive("root", s.object_path(layer))}
+
+
+@needs_qemu
+@pytest.mark.slow
+def test_container_output_and_exit_code(machine, busybox_riscv64, tmp_path: Path) -> None:
+    from cmbuild.drives import tar_to_squashfs
+
+    tar = _bundle_tar(tmp_path / "app.tar", busybox_riscv64,
+                      "echo hello-from-container; echo written > /etc-new && cat /etc-new; "
+                      "exit 7")
+    tar_to_squashfs(tar, tmp_path / "app.sqfs", compression="none")
+    r = _boot(machine, [machine["root"], Drive("app", tmp_path / "app.sqfs")])
+    assert r.reason == qemu.REASON_EXIT_LINE, r.reason
+    assert r.exit_code == 7
+    lines = r.output.splitlines()
+    assert "hello-from-container" in lines
+    assert "written" in lines  # the root is writable (overlay upper on tmpfs)
+    assert any(l.startswith("cmbuild: writable root: overlayfs") for l in lines)
+
+
+@needs_qemu
+@pytest.mark.slow
+def test_missing_app_drive_ends_with_init_code(machine) -> None:
+    r = _boot(machine, [machine["root"]])
+    assert r.reason == qemu.REASON_EXIT_LINE, r.reason
+    assert r.exit_code == 103
+    assert "cmbuild: error: no drive labelled app" in r.output
+
+
+def _ext2_read(image: Path, path: str) -> str:
+    p = subprocess.run(["debugfs", "-R", f"cat {path}", str(image)], capture_output=True,
+                       text=True)
+    return p.stdout
+
+
+@needs_qemu
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("debugfs") is None, reason="debugfs (e2fsprogs) not installed")
+def test_ext2_app_and_extra_drive_without_overlay(machine, busybox_riscv64,
+                                                  tmp_path: Path) -> None:
+    from cmbuild.drives import tar_to_ext2
+
+    mount = {"destination": "/data", "type": "bind", "source": "/run/drives/data",
+             "options": ["rbind", "rw"]}
+    tar = _bundle_tar(tmp_path / "app.tar", busybox_riscv64,
+                      "echo kept > /kept.txt; cat /data/in.txt; echo out > /data/out.txt; "
+                      "sync; exit 0", [mount])
+    tar_to_ext2(tar, tmp_path / "app.ext2", extra_size=1 << 20)
+    data_tar = tmp_path / "data.tar"
+    with tarfile.open(data_tar, "w", format=tarfile.PAX_FORMAT) as tf:
+        ti = tarfile.TarInfo("in.txt")
+        ti.size, ti.mtime = 9, 0
+        tf.addfile(ti, io.BytesIO(b"data-in!\n"))
+    tar_to_ext2(data_tar, tmp_path / "data.ext2", extra_size=1 << 20)
+    r = _boot(machine, [machine["root"], Drive("app", tmp_path / "app.ext2", read_only=False),
+                        Drive("data", tmp_path / "data.ext2", read_only=False)],
+              append=["cmbuild.overlay=0"])
+    assert (r.reason, r.exit_code) == (qemu.REASON_EXIT_LINE, 0), r.reason
+    assert any(l.startswith("cmbuild: writable root: ext2 app drive, read-write")
+               for l in r.output.splitlines())
+    assert "data-in!" in r.output.splitlines()
+    assert _ext2_read(tmp_path / "data.ext2", "/out.txt") == "out\n"
+    assert _ext2_read(tmp_path / "app.ext2", "/rootfs/kept.txt") == "kept\n"
+
+
+@needs_qemu
+@pytest.mark.slow
+def test_read_only_root_fallback(machine, busybox_riscv64, tmp_path: Path) -> None:
+    from cmbuild.drives import tar_to_squashfs
+
+    tar = _bundle_tar(tmp_path / "app.tar", busybox_riscv64,
+                      "echo t > /tmp/t && cat /tmp/t; echo r > /run/r && cat /run/r; "
+                      "if echo x > /x 2>/dev/null; then echo root-writable; "
+                      "else echo root-read-only; fi; exit 3")
+    tar_to_squashfs(tar, tmp_path / "app.sqfs", compression="none")
+    r = _boot(machine, [machine["root"], Drive("app", tmp_path / "app.sqfs")],
+              append=["cmbuild.overlay=0"])
+    assert (r.reason, r.exit_code) == (qemu.REASON_EXIT_LINE, 3), r.reason
+    lines = r.output.splitlines()
+    assert any(l.startswith("cmbuild: writable root: read-only squashfs app drive with tmpfs")
+               for l in lines)
+    assert ["t", "r", "root-read-only"] == [l for l in lines if l in ("t", "r", "root-read-only",
+                                                                       "root-writable")]
