@@ -437,7 +437,7 @@ def _snapshot_build(ctx: Context) -> tuple[str, dict[str, Any]]:
                              ram_image=ctx.path("kernel"), ram_length=str(m.ram_length),
                              drives=drives_list, bootargs=m.bootargs, store_dir=out_dir,
                              max_mcycle=m.max_mcycle, assert_rolling_template=m.assert_rolling_template)
-        root_hash = result["root_hash"] if isinstance(result, dict) else str(result)
+        root_hash = result.root_hash
         digest = ctx.store.add_tree(out_dir)
     return digest, {"root_hash": root_hash}
 

@@ -257,6 +257,37 @@ def test_result_exit_code_from_payload_and_from_rc():
     assert (not_template.exit_code, not_template.returncode) == (0, 2)
 
 
+def test_run_result_reason():
+    def result(rc, text):
+        return cartesi._result(["cartesi-machine"], rc, text, initial_hash=False, final_hash=False)
+    assert result(3, "Halted with payload: 3\nCycles: 5\n").reason == "halted with payload 3"
+    assert result(0, "Halted\nCycles: 5\n").reason == "halted with payload 0"
+    assert result(0, "Manual yield rx-accepted (0x000000 data)\nCycles: 5\n").reason == "manual yield rx-accepted"
+    assert result(0, f"1000: {HASH}\n").reason == "stopped (--max-mcycle)"
+
+
+@pytest.mark.parametrize(
+    "rc, text, words",
+    [
+        (2, "\nHalted\nCycles: 9\n", "halted (exit code 0) before its first input"),
+        (2, "\nManual yield rx-rejected (0x000000 data)\nCycles: 9\n", "stopped at rx-rejected"),
+    ],
+)
+def test_rolling_snapshot_that_is_not_a_template_is_an_error(tmp_path, rc, text, words):
+    result = cartesi._result(["cartesi-machine", "--assert-rolling-template"], rc, text,
+                             initial_hash=False, final_hash=True)
+    with pytest.raises(CmbuildError) as e:
+        cartesi._check_snapshot(tmp_path, result, rolling=True, initial=False)
+    assert "not a rollups template" in e.value.message and words in e.value.message
+
+
+def test_snapshot_and_run_accept_the_pipelines_arguments():
+    import inspect
+    common = dict(version=V021, ram_image=Path("k"), ram_length="128Mi", drives=_drives(), bootargs=[])
+    inspect.signature(snapshot).bind(**common, store_dir=Path("s"), max_mcycle=None, assert_rolling_template=False)
+    inspect.signature(cartesi.run).bind(**common, max_mcycle=None, timeout=60)
+
+
 def test_result_emulator_failure_is_an_error():
     with pytest.raises(CmbuildError) as e:
         cartesi._result(["cartesi-machine", "--bad"], 1, "lua: cartesi-machine.lua:1: unrecognized option --bad\n",

@@ -70,8 +70,7 @@ def test_closure_in_a_small_tree(tmp_path: Path) -> None:
     libfoo = cc(build, "libfoo.so.1", "int bar(void); int foo(void){return bar();}",
                 "-shared", "-fPIC", "-Wl,-soname,libfoo.so.1", str(libbar), "-Wl,--no-as-needed")
     prog = cc(build, "prog", "int foo(void); int main(void){return foo();}", str(libfoo),
-              "-nostdlib", "-Wl,--no-as-needed", "-Wl,-e,main",
-              "-Wl,--dynamic-linker=/lib/" + LOADER)
+              "-Wl,--no-as-needed", "-Wl,-rpath-link," + str(build))
     shutil.copy(prog, tree / "usr/bin/prog")
     shutil.copy(libfoo, tree / MA / "libfoo.so.1.0.0")
     os.symlink("libfoo.so.1.0.0", tree / MA / "libfoo.so.1")

@@ -535,8 +535,7 @@ static void prepare_bundle(enum fstype app_type, int app_rw)
     if (copy_file("/run/app/config.json", "/run/bundle/config.json") < 0)
         fail(E_BUNDLE, "copy config.json to /run/bundle", errno);
 
-    if (no_overlay)
-        say("cmbuild: overlayfs not used (cmbuild.overlay=0)");
+    const char *why = no_overlay ? "cmbuild.overlay=0" : "no overlayfs in this kernel";
     if (!no_overlay && overlay_available()) {
         if (mkdir_p("/run/overlay", 0755) < 0)
             fail(E_WRITABLE, "mkdir /run/overlay", errno);
@@ -555,7 +554,7 @@ static void prepare_bundle(enum fstype app_type, int app_rw)
     if (mount("/run/app/rootfs", root, NULL, MS_BIND | MS_REC, NULL) < 0)
         fail(E_WRITABLE, "bind-mount /run/app/rootfs on /run/bundle/rootfs", errno);
     if (app_type == FS_EXT && app_rw) {
-        say("cmbuild: writable root: ext2 app drive, read-write (no overlayfs in this kernel)");
+        say("cmbuild: writable root: ext2 app drive, read-write (%s)", why);
         return;
     }
     static const char *dirs[] = {"tmp", "run"};
@@ -570,8 +569,8 @@ static void prepare_bundle(enum fstype app_type, int app_rw)
                   i == 0 ? "mode=1777" : "mode=0755") < 0)
             failf(E_WRITABLE, errno, "mount tmpfs on %s", path);
     }
-    say("cmbuild: writable root: read-only %s app drive with tmpfs on /tmp and /run "
-        "(no overlayfs in this kernel)", fs_name(app_type));
+    say("cmbuild: writable root: read-only %s app drive with tmpfs on /tmp and /run (%s)",
+        fs_name(app_type), why);
 }
 
 /* ------------------------------------------------------------------ extra drives --------- */

@@ -17,7 +17,7 @@ Everything here follows ``shared/cartesi-machine.md`` (facts from machine-emulat
   Cartesi's own init, which cmbuild's init does not read.
 - A snapshot is ``--max-mcycle=0 --store=DIR`` (the initial state), or a run up to the first
   manual yield with ``--assert-rolling-template --store=DIR`` (a rollups app waiting for its
-  first input). Its root hash is read back with ``cartesi-machine-stored-hash DIR`` and must be
+  first input), or a run to ``--max-mcycle=N``. Its root hash is read back with ``cartesi-machine-stored-hash DIR`` and must be
   the one the emulator printed (``--initial-hash`` / ``--final-hash``).
 - The exit code of a run is ``N`` from ``Halted with payload: N`` (0 for a bare ``Halted``,
   which the emulator prints for payload 0), else the process's return code.
@@ -326,6 +326,15 @@ class RunResult:
     yield_reason: str | None
     report: str = field(repr=False, default="")  # the emulator's stderr
 
+    @property
+    def reason(self) -> str:
+        """Why the run ended, in words."""
+        if self.halted:
+            return f"halted with payload {self.payload}"
+        if self.yield_reason:
+            return f"manual yield {self.yield_reason}"
+        return f"emulator exit code {self.returncode}" if self.returncode else "stopped (--max-mcycle)"
+
 
 def run(
     *,
@@ -420,6 +429,9 @@ class Snapshot:
     mcycle: int
     run: RunResult
 
+    def __str__(self) -> str:
+        return self.root_hash
+
 
 def snapshot(
     *,
@@ -428,19 +440,25 @@ def snapshot(
     drives: list[Drive],
     store_dir: Path,
     bootargs: Sequence[str] = (),
-    rolling: bool = False,
+    max_mcycle: int | None = None,
+    assert_rolling_template: bool = False,
     console: Sink | None = None,
     report: Sink | None = None,
     timeout: float | None = None,
+    version: Version | None = None,
 ) -> Snapshot:
     """Store a machine in ``store_dir`` (which must not exist yet) and return its root hash.
 
-    ``rolling=False``: the initial state (``--max-mcycle=0 --initial-hash``).
-    ``rolling=True``: run to the first manual yield with ``--assert-rolling-template
-    --final-hash`` (a rollups app waiting for its first input); anything else is an error.
+    - default (``max_mcycle`` None or 0): the initial state, ``--max-mcycle=0 --initial-hash``;
+    - ``assert_rolling_template``: run to the first manual yield (``--assert-rolling-template
+      --final-hash``, ``max_mcycle`` as an upper bound if given): a rollups app waiting for its
+      first input; anything else is an error;
+    - ``max_mcycle=N > 0``: the state at cycle N (or at the halt before it), ``--final-hash``.
+
     The hash read back with ``cartesi-machine-stored-hash`` must equal the printed one.
     """
-    version = require_cartesi_machine("'cmbuild snapshot' (machine = \"cartesi\")")
+    if version is None:
+        version = require_cartesi_machine("'cmbuild snapshot' (the cartesi machine)")
     if shutil.which(STORED_HASH_EXECUTABLE) is None:
         raise CmbuildError(f"'{STORED_HASH_EXECUTABLE}' is not on PATH", where="PATH", hint=INSTALL_HINT)
     store_dir = Path(store_dir)
@@ -449,18 +467,20 @@ def snapshot(
                            hint="pass a path that does not exist yet; the emulator creates it")
     if not store_dir.parent.is_dir():
         raise CmbuildError("the parent of the snapshot directory does not exist", where=str(store_dir))
+    initial = not assert_rolling_template and not max_mcycle
     try:
         result = run(ram_image=ram_image, ram_length=ram_length, drives=drives, bootargs=bootargs,
-                     store_dir=store_dir, max_mcycle=None if rolling else 0,
-                     assert_rolling_template=rolling, initial_hash=not rolling, final_hash=rolling,
-                     console=console, report=report, timeout=timeout, version=version)
-        return _check_snapshot(store_dir, result, rolling)
+                     store_dir=store_dir, max_mcycle=0 if initial else max_mcycle,
+                     assert_rolling_template=assert_rolling_template, initial_hash=initial,
+                     final_hash=not initial, console=console, report=report, timeout=timeout,
+                     version=version)
+        return _check_snapshot(store_dir, result, rolling=assert_rolling_template, initial=initial)
     except BaseException:
         shutil.rmtree(store_dir, ignore_errors=True)
         raise
 
 
-def _check_snapshot(store_dir: Path, result: RunResult, rolling: bool) -> Snapshot:
+def _check_snapshot(store_dir: Path, result: RunResult, *, rolling: bool, initial: bool) -> Snapshot:
     if rolling and result.returncode != 0:
         if result.halted:
             what = f"the machine halted (exit code {result.exit_code}) before its first input"
@@ -473,13 +493,15 @@ def _check_snapshot(store_dir: Path, result: RunResult, rolling: bool) -> Snapsh
             hint="the app must ask for its first input (rollups /finish with status accept) "
                  "before a rolling snapshot can be taken",
         )
-    if result.returncode != 0:
+    if not rolling and not initial and result.halted:
+        pass  # a machine that halts before max_mcycle is stored halted: that is its state
+    elif result.returncode != 0:
         raise CmbuildError(f"{EXECUTABLE} exited with {result.returncode}", where=" ".join(result.command))
-    printed = result.final_hash if rolling else result.initial_hash
+    printed = result.initial_hash if initial else result.final_hash
     hashes = parse_hash(result.report)["hashes"]
     if printed is None or not hashes:
         raise CmbuildError(f"{EXECUTABLE} printed no root hash", where=" ".join(result.command))
-    mcycle = hashes[-1][0] if rolling else hashes[0][0]
+    mcycle = hashes[0][0] if initial else hashes[-1][0]
     if not store_dir.is_dir():
         raise CmbuildError(f"{EXECUTABLE} did not store the machine", where=str(store_dir))
     stored = stored_hash(store_dir)

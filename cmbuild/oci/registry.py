@@ -31,6 +31,8 @@ from .reference import is_loopback
 
 _REDIRECTS = (301, 302, 303, 307, 308)
 _MAX_REDIRECTS = 5
+# small reads: a broken connection loses at most this much of what already arrived
+_STREAM_CHUNK = 64 << 10
 _NETWORK_ERRORS = (requests.ConnectionError, requests.Timeout,
                    requests.exceptions.ChunkedEncodingError, urllib3.exceptions.HTTPError)
 
@@ -203,7 +205,7 @@ class RegistryClient:
                         raise CmbuildError(f"the registry resumed blob {desc.digest} at the "
                                            "wrong offset", where=url)
                     try:
-                        for chunk in r.iter_content(CHUNK):
+                        for chunk in r.iter_content(_STREAM_CHUNK):
                             if skip:
                                 drop = min(skip, len(chunk))
                                 chunk, skip = chunk[drop:], skip - drop

@@ -46,9 +46,9 @@ Implementation-defined parts, modelled on the default spec of ``runc spec`` / ``
   layer's init gives the container a writable root (an overlay, or a copy), and crun must not
   remount it read-only.
 - ``process.terminal`` false (the console is the machine's ``hvc0``, not a TTY);
-  ``noNewPrivileges`` true; capabilities ``CAP_AUDIT_WRITE``, ``CAP_KILL``,
-  ``CAP_NET_BIND_SERVICE`` in bounding, effective and permitted (runc's default spec; crun's
-  also lists them as ambient, which is left out); ``RLIMIT_NOFILE`` 1024/1024.
+  ``noNewPrivileges`` false and Docker's default capability set in bounding, effective and
+  permitted, so that an image behaves as under ``docker run`` (setuid programs, su/gosu and
+  chown by a root entrypoint work); ``RLIMIT_NOFILE`` 1024/1024.
 - namespaces pid, ipc, uts, mount: no network namespace (the machine has no network; the
   container shares the machine's loopback) and no user namespace.
 - mounts ``/proc``, ``/dev`` (tmpfs), ``/dev/pts``, ``/dev/shm``, ``/dev/mqueue``, ``/sys``
@@ -95,7 +95,13 @@ _IMAGE_FIELD_ANNOTATIONS = (
     ("created", ANNOTATION_CREATED),
 )
 
-DEFAULT_CAPABILITIES = ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
+# Docker's default set (moby's oci/caps/defaults.go): images written for `docker run` that
+# start as root and chown, or drop to a user with su/gosu, work the same here.
+DEFAULT_CAPABILITIES = sorted([
+    "CAP_AUDIT_WRITE", "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL",
+    "CAP_MKNOD", "CAP_NET_BIND_SERVICE", "CAP_NET_RAW", "CAP_SETFCAP", "CAP_SETGID", "CAP_SETPCAP",
+    "CAP_SETUID", "CAP_SYS_CHROOT",
+])
 
 MASKED_PATHS = [
     "/proc/acpi",
@@ -234,7 +240,7 @@ def make_runtime_config(
             "permitted": list(DEFAULT_CAPABILITIES),
         },
         "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
-        "noNewPrivileges": True,
+        "noNewPrivileges": False,
     }
     return {
         "ociVersion": OCI_VERSION,

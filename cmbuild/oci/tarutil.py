@@ -130,11 +130,13 @@ def _pax_int(value: bytes) -> int:
 
 
 class TarFormatError(Exception):
-    """A malformed tar; ``entry`` is the name of the entry being read, if known."""
+    """A malformed tar. ``entry`` names the entry being read or, when ``after`` is true, the
+    last good entry before the damage (None when it is the first)."""
 
-    def __init__(self, message: str, entry: bytes | None = None):
+    def __init__(self, message: str, entry: bytes | None = None, after: bool = False):
         super().__init__(message)
         self.entry = entry
+        self.after = after
 
 
 def iter_tar(fd: int, size: int) -> Iterator[TarEntry]:
@@ -152,14 +154,14 @@ def iter_tar(fd: int, size: int) -> Iterator[TarEntry]:
         block = os.pread(fd, BLOCK, pos)
         if not block:
             if pax or long_name is not None or long_link is not None:
-                raise TarFormatError("archive ends after an extended header", last_name)
+                raise TarFormatError("archive ends after an extended header", last_name, True)
             return
         if len(block) < BLOCK:
-            raise TarFormatError("truncated tar header", last_name)
+            raise TarFormatError("truncated tar header", last_name, True)
         if block == bytes(BLOCK):
             return  # end-of-archive marker
         if not _checksum_ok(block):
-            raise TarFormatError(f"bad tar header checksum at byte {pos}", last_name)
+            raise TarFormatError(f"bad tar header checksum at byte {pos}", last_name, True)
         typeflag = block[156:157]
         name = _cstring(block[0:100])
         magic = block[257:265]

@@ -34,11 +34,9 @@ import gzip
 import io
 import os
 import shutil
-import struct
 import sys
 import tarfile
 import tempfile
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -48,6 +46,7 @@ REPO = HERE.parent.parent
 if str(REPO) not in sys.path:  # run as a script from a checkout, without installing cmbuild
     sys.path.insert(0, str(REPO))
 
+from cmbuild import elf  # noqa: E402
 from cmbuild.debian import DebPackage, extract_deb, fetch_debs, lookup  # noqa: E402
 from cmbuild.errors import CmbuildError  # noqa: E402
 from cmbuild.store import Store, canonical_json, sha256_bytes  # noqa: E402
@@ -82,8 +81,9 @@ GROUP = ("root:x:0:\n"
          f"app:x:{APP_GID}:\n")
 
 #: Where glibc's loader looks for a library without an ld.so.cache (Debian's multiarch
-#: directories first), as absolute paths in the image.
-LIBRARY_DIRS = ("/lib/riscv64-linux-gnu", "/usr/lib/riscv64-linux-gnu", "/lib", "/usr/lib")
+#: directories first), relative to the image's root.
+LIBRARY_DIRS = ("lib/riscv64-linux-gnu", "usr/lib/riscv64-linux-gnu", "lib", "usr/lib")
+EM_RISCV = 243
 
 IMAGE_CONFIG: dict[str, Any] = {
     "Entrypoint": ["/app/hello.sh"],
@@ -184,147 +184,7 @@ def gzip_bytes(data: bytes) -> bytes:
     return out.getvalue()
 
 
-# ----- ELF: the interpreter and the DT_NEEDED names of a riscv64 binary ---------------------
-
-EM_RISCV = 243
-PT_LOAD, PT_DYNAMIC, PT_INTERP = 1, 2, 3
-DT_NULL, DT_NEEDED, DT_STRTAB = 0, 1, 5
-
-
-def elf_deps(data: bytes, where: str) -> tuple[str | None, list[str]]:
-    """The program interpreter (``PT_INTERP``) and the ``DT_NEEDED`` libraries of a 64-bit
-    little-endian RISC-V ELF file."""
-    if data[:4] != b"\x7fELF":
-        raise CmbuildError("not an ELF file", where=where)
-    if data[4] != 2 or data[5] != 1:
-        raise CmbuildError("not a 64-bit little-endian ELF file", where=where)
-    (machine,) = struct.unpack_from("<H", data, 18)
-    if machine != EM_RISCV:
-        raise CmbuildError(f"ELF machine {machine} is not RISC-V ({EM_RISCV})", where=where,
-                           hint=f"pin the {ARCH} build of the package")
-    phoff, = struct.unpack_from("<Q", data, 32)
-    phentsize, phnum = struct.unpack_from("<HH", data, 54)
-    loads: list[tuple[int, int, int]] = []  # (vaddr, offset, filesz)
-    interp: str | None = None
-    dynamic: tuple[int, int] | None = None  # (offset, filesz)
-    for i in range(phnum):
-        p_type, _flags, p_offset, p_vaddr, _paddr, p_filesz = struct.unpack_from(
-            "<IIQQQQ", data, phoff + i * phentsize)
-        if p_type == PT_LOAD:
-            loads.append((p_vaddr, p_offset, p_filesz))
-        elif p_type == PT_INTERP:
-            interp = data[p_offset:p_offset + p_filesz].split(b"\0", 1)[0].decode()
-        elif p_type == PT_DYNAMIC:
-            dynamic = (p_offset, p_filesz)
-    if dynamic is None:
-        return interp, []
-    strtab: int | None = None
-    needed_offsets: list[int] = []
-    off, size = dynamic
-    for pos in range(off, off + size, 16):
-        tag, val = struct.unpack_from("<qQ", data, pos)
-        if tag == DT_NULL:
-            break
-        if tag == DT_NEEDED:
-            needed_offsets.append(val)
-        elif tag == DT_STRTAB:
-            strtab = val
-    if not needed_offsets:
-        return interp, []
-    if strtab is None:
-        raise CmbuildError("dynamic section has DT_NEEDED but no DT_STRTAB", where=where)
-    for vaddr, offset, filesz in loads:
-        if vaddr <= strtab < vaddr + filesz:
-            strtab_off = strtab - vaddr + offset
-            break
-    else:
-        raise CmbuildError("DT_STRTAB is outside every PT_LOAD segment", where=where)
-    needed = []
-    for n in needed_offsets:
-        start = strtab_off + n
-        needed.append(data[start:data.index(b"\0", start)].decode())
-    return interp, needed
-
-
-# ----- resolving paths in an extracted package tree ---------------------------------------
-
-def resolve(tree: Path, path: str, links: dict[str, str]) -> tuple[str, list[str]] | None:
-    """Follow the absolute image path ``path`` through ``links`` (symlinks of the image that
-    are not in ``tree``, relative path -> target) and the symlinks inside ``tree``. Returns
-    the relative path of the regular file it names and the relative paths of the symlinks of
-    ``tree`` on the way, or None when it names nothing in ``tree``."""
-    parts = deque(p for p in path.split("/") if p)
-    cur: list[str] = []
-    used: list[str] = []
-    hops = 0
-    while parts:
-        name = parts.popleft()
-        if name == ".":
-            continue
-        if name == "..":
-            if cur:
-                cur.pop()
-            continue
-        rel = "/".join(cur + [name])
-        if rel in links:
-            target = links[rel]
-        elif (tree / rel).is_symlink():
-            target = os.readlink(tree / rel)
-            if rel not in used:
-                used.append(rel)
-        elif (tree / rel).exists():
-            cur.append(name)
-            continue
-        else:
-            return None
-        hops += 1
-        if hops > 40:
-            raise CmbuildError(f"too many levels of symbolic links resolving {path}",
-                               where=str(tree))
-        if target.startswith("/"):
-            cur = []
-        parts.extendleft(reversed(target.split("/")))
-    real = "/".join(cur)
-    if not real or not (tree / real).is_file():
-        return None
-    return real, used
-
-
-def elf_closure(tree: Path, program: str, links: dict[str, str]) -> list[str]:
-    """Every path of ``tree`` a dynamic ``program`` needs to run: the program, its interpreter
-    and its libraries, recursively, with the symlinks that lead to them."""
-    found: list[str] = []
-    queue = deque([program])
-    seen_files: set[str] = set()
-    while queue:
-        rel = queue.popleft()
-        if rel in seen_files:
-            continue
-        seen_files.add(rel)
-        found.append(rel)
-        interp, needed = elf_deps((tree / rel).read_bytes(), where=f"/{rel}")
-        wanted: list[tuple[str, list[str]]] = []
-        if interp is not None:
-            wanted.append((interp, [interp]))
-        for name in needed:
-            wanted.append((name, [name] if "/" in name else [f"{d}/{name}" for d in LIBRARY_DIRS]))
-        for name, candidates in wanted:
-            for cand in candidates:
-                hit = resolve(tree, cand, links)
-                if hit is not None:
-                    break
-            else:
-                raise CmbuildError(f"/{rel} needs {name}, which no pinned package provides "
-                                   f"(looked in {', '.join(candidates)})",
-                                   where=str(PACKAGES_TOML),
-                                   hint="add the package that ships it to the layer")
-            real, used = hit
-            for link in used:
-                if link not in found:
-                    found.append(link)
-            queue.append(real)
-    return found
-
+# ----- copying from an extracted package --------------------------------------------------
 
 def copy_from_tree(layer: Layer, tree: Path, rel: str) -> None:
     """Copy one file or symlink of an extracted package into ``layer``, with a fixed mode
@@ -434,10 +294,14 @@ def build_layers(trees: dict[str, Path], scratch: Path, entry_script: bytes) -> 
         base.dir(mnt, mode)
 
     prog = Layer("2 (hello and its libraries)")
-    links = {"lib": "usr/lib"}
     prog.symlink("lib", "usr/lib")
     tree = merge_trees([trees["hello"], trees["libc6"]], scratch / "hello+libc6")
-    for rel in elf_closure(tree, "usr/bin/hello", links):
+    machine = elf.parse(tree / "usr/bin/hello").machine
+    if machine != EM_RISCV:
+        raise CmbuildError(f"/usr/bin/hello is for ELF machine {machine}, not RISC-V",
+                           where=str(PACKAGES_TOML), hint=f"pin the {ARCH} build of hello")
+    copy_from_tree(prog, tree, "usr/bin/hello")
+    for rel in elf.closure(["usr/bin/hello"], tree, LIBRARY_DIRS, {"lib": "usr/lib"}):
         copy_from_tree(prog, tree, rel)
     for name in ("hello", "libc6"):
         copy_from_tree(prog, trees[name], f"usr/share/doc/{name}/copyright")

@@ -1,0 +1,422 @@
+"""The layer flattener: histories of real layer tars, checked against the expected tree, against
+the squashfs built from the output, and against umoci; hostile layers; determinism."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import tarfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zstandard
+
+from cmbuild.errors import CmbuildError
+from cmbuild.oci.flatten import FlattenStats, LayerInput, flatten
+
+from ocihelpers import (D, DEV, F, FIFO, H, OPQ, S, W, Entry, Node, compress, hardlink_groups,
+                        have, make_layer, read_dir_tree, read_tar_tree, sha256, squashfs_tar,
+                        tar_to_squashfs, umoci_unpack, write_oci_layout)
+
+
+# --------------------------------------------------------------------------------------------
+# Expected nodes
+# --------------------------------------------------------------------------------------------
+def ef(data: bytes = b"", mode: int = 0o644, uid: int = 0, gid: int = 0,
+       xattrs: dict[str, bytes] | None = None) -> Node:
+    return Node("file", mode, len(data), sha256(data), uid=uid, gid=gid,
+                xattrs=tuple(sorted((xattrs or {}).items())))
+
+
+def ed(mode: int = 0o755, uid: int = 0, gid: int = 0) -> Node:
+    return Node("dir", mode, uid=uid, gid=gid)
+
+
+def el(target: str | bytes) -> Node:
+    return Node("symlink", 0o777, target=target.encode() if isinstance(target, str) else target)
+
+
+def edev(kind: str, major: int, minor: int, mode: int = 0o666) -> Node:
+    return Node(kind, mode, dev=(major, minor))
+
+
+def efifo(mode: int = 0o644) -> Node:
+    return Node("fifo", mode)
+
+
+def _key(path: str | bytes) -> bytes:
+    return path.encode() if isinstance(path, str) else path
+
+
+LONG = b"long/" + b"\xff\xfe-not-utf8-" + b"n" * 150 + b"\xe9"  # > 100 bytes, not UTF-8
+LONG_TARGET = "t/" + "x" * 120
+
+# (id, layers bottom first, expected tree, expected hardlink groups)
+HISTORIES: list[tuple[str, list[list[Entry]], dict[Any, Node], list[set[Any]]]] = [
+    ("file_replaced",
+     [[D("etc"), F("etc/a", b"one"), F("etc/b", b"b")], [F("etc/a", b"two", mode=0o600)]],
+     {"etc": ed(), "etc/a": ef(b"two", 0o600), "etc/b": ef(b"b")}, []),
+    ("whiteout_deletes",
+     [[D("a"), F("a/x", b"x"), F("a/y", b"y"), D("a/sub"), F("a/sub/z")], [W("a/x"), W("a/sub")]],
+     {"a": ed(), "a/y": ef(b"y")}, []),
+    ("opaque_dir",
+     [[D("d"), F("d/old"), D("d/sub"), F("d/sub/deep"), F("keep")],
+      [D("d", 0o700), OPQ("d"), F("d/new", b"n")]],
+     {"d": ed(0o700), "d/new": ef(b"n"), "keep": ef()}, []),
+    ("opaque_after_same_layer_entries",
+     [[D("d"), F("d/old"), D("d/sub"), F("d/sub/deep"), F("d/sub/deep2")],
+      [D("d"), D("d/sub"), F("d/sub/new", b"n"), OPQ("d")]],
+     {"d": ed(), "d/sub": ed(), "d/sub/new": ef(b"n")}, []),
+    ("hardlink_across_layers",
+     [[D("bin"), F("bin/busybox", b"bb", mode=0o755)], [H("bin/sh", "bin/busybox"), H("zz", "bin/sh")]],
+     {"bin": ed(), "bin/busybox": ef(b"bb", 0o755), "bin/sh": ef(b"bb", 0o755),
+      "zz": ef(b"bb", 0o755)}, [{"bin/busybox", "bin/sh", "zz"}]),
+    ("hardlink_first_path_sorts_first",
+     [[F("z", b"data")], [H("a", "z")]],
+     {"a": ef(b"data"), "z": ef(b"data")}, [{"a", "z"}]),
+    ("symlink_replaced_by_dir",
+     [[D("real"), F("real/f", b"f"), S("link", "real")], [D("link"), F("link/g", b"g")]],
+     {"real": ed(), "real/f": ef(b"f"), "link": ed(), "link/g": ef(b"g")}, []),
+    ("write_through_symlink",
+     [[D("real"), S("lnk", "real"), S("abs", "/real")], [F("lnk/f", b"f"), F("abs/g", b"g")]],
+     {"real": ed(), "real/f": ef(b"f"), "real/g": ef(b"g"), "lnk": el("real"),
+      "abs": el("/real")}, []),
+    ("readd_under_deleted_dir",
+     [[D("d"), F("d/a"), D("d/s"), F("d/s/b")], [W("d")], [D("d"), F("d/c", b"c"), F("d/s/b", b"2")]],
+     {"d": ed(), "d/c": ef(b"c"), "d/s": ed(), "d/s/b": ef(b"2")}, []),
+    ("whiteout_and_readd_in_one_layer",
+     [[D("d"), F("d/a"), F("x", b"1")], [W("d"), D("d"), F("d/c", b"c"), F("x", b"2"), W("x")]],
+     {"d": ed(), "d/c": ef(b"c"), "x": ef(b"2")}, []),
+    ("hardlink_target_later_replaced",
+     [[F("t", b"old")], [H("l", "t")], [F("t", b"new!")]],
+     {"l": ef(b"old"), "t": ef(b"new!")}, []),
+    ("hardlink_target_whited_out",
+     [[F("t", b"d"), H("l", "t")], [W("t")]],
+     {"l": ef(b"d")}, []),
+    ("file_replaces_dir_and_dir_replaces_file",
+     [[D("d"), F("d/x"), F("f", b"file")], [F("d", b"now a file"), D("f", 0o750)]],
+     {"d": ef(b"now a file"), "f": ed(0o750)}, []),
+    ("devices_and_fifo",
+     [[D("dev"), DEV("dev/null", 1, 3), DEV("dev/sda", 8, 0, "blk", 0o660), FIFO("run/fifo")]],
+     {"dev": ed(), "dev/null": edev("chr", 1, 3), "dev/sda": edev("blk", 8, 0, 0o660),
+      "run": ed(), "run/fifo": efifo()}, []),
+    ("setuid_sticky_owners",
+     [[D("bin"), F("bin/su", b"su", mode=0o4755), F("bin/sg", b"sg", mode=0o2711, gid=42),
+       D("tmp", 0o1777), F("home/u/f", b"u", uid=1000, gid=1000)]],
+     {"bin": ed(), "bin/su": ef(b"su", 0o4755), "bin/sg": ef(b"sg", 0o2711, gid=42),
+      "tmp": ed(0o1777), "home": ed(), "home/u": ed(), "home/u/f": ef(b"u", uid=1000, gid=1000)},
+     []),
+    ("xattrs",
+     [[F("f", b"x", xattrs={"user.comment": "hello", "security.capability": "cap"}),
+       D("d", xattrs={"user.dir": "1"})], [D("d")]],
+     {"f": ef(b"x", xattrs={"user.comment": b"hello", "security.capability": b"cap"}),
+      "d": ed()}, []),
+    ("long_non_utf8_names",
+     [[F(LONG, b"long"), S("s", LONG_TARGET), H(b"h\xff", LONG)]],
+     {b"long": ed(), LONG: ef(b"long"), b"h\xff": ef(b"long"), "s": el(LONG_TARGET)},
+     [{LONG, b"h\xff"}]),
+    ("implicit_parents",
+     [[F("x/y/z", b"z")], [F("x/y/w", b"w")]],
+     {"x": ed(), "x/y": ed(), "x/y/z": ef(b"z"), "x/y/w": ef(b"w")}, []),
+]
+
+# Histories that umoci (rootless) cannot reproduce exactly: owners and non-user xattrs.
+NOT_FOR_UMOCI = {"setuid_sticky_owners", "xattrs"}
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------
+def write_layers(tmp: Path, layers: list[list[Entry]], how: str = "gzip") -> list[LayerInput]:
+    out = []
+    first = len(list(tmp.glob("blob*")))
+    for i, entries in enumerate(layers, first):
+        blob = compress(make_layer(entries), how)
+        path = tmp / f"blob{i}"
+        path.write_bytes(blob)
+        out.append(LayerInput(path, sha256(blob)))
+    return out
+
+
+def run_flatten(tmp: Path, inputs: list[LayerInput], **kw: Any) -> tuple[bytes, FlattenStats]:
+    scratch = tmp / f"scratch{len(list(tmp.glob('scratch*')))}"
+    scratch.mkdir()
+    buf = io.BytesIO()
+    stats = flatten(inputs, buf, scratch=scratch, **kw)
+    return buf.getvalue(), stats
+
+
+def canon(tree: dict[bytes, Node]) -> dict[bytes, Node]:
+    return dict(sorted(tree.items()))
+
+
+def groups_of(links: dict[bytes, bytes]) -> set[frozenset[bytes]]:
+    return set(hardlink_groups(links))
+
+
+# --------------------------------------------------------------------------------------------
+# Histories: expected tree, squashfs round trip, umoci
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name,layers,expected,groups", HISTORIES, ids=[h[0] for h in HISTORIES])
+def test_history(tmp_path: Path, name: str, layers: list[list[Entry]],
+                 expected: dict[Any, Node], groups: list[set[Any]]) -> None:
+    out, stats = run_flatten(tmp_path, write_layers(tmp_path, layers))
+    tree, links = read_tar_tree(out)
+    assert canon(tree) == canon({_key(p): n for p, n in expected.items()})
+    assert groups_of(links) == {frozenset(_key(p) for p in g) for g in groups}
+    assert stats.entries == len(tree)
+    assert stats.hardlinks == len(links)
+
+    # The squashfs made from the output holds the same tree.
+    (tmp_path / "out.tar").write_bytes(out)
+    tar_to_squashfs(tmp_path / "out.tar", tmp_path / "out.sqfs")
+    sq_tree, sq_links = read_tar_tree(squashfs_tar(tmp_path / "out.sqfs"))
+    assert canon(sq_tree) == canon(tree)
+    assert groups_of(sq_links) == groups_of(links)
+
+
+def _umoci_view(tree: dict[bytes, Node]) -> dict[bytes, Node]:
+    """What a rootless umoci can reproduce: devices become empty files; no owners, xattrs
+    or times."""
+    view = {}
+    for path, n in tree.items():
+        if n.type in ("chr", "blk"):
+            n = Node("file", n.mode, 0, sha256(b""))
+        view[path] = replace(n, uid=0, gid=0, xattrs=(), mtime=0, dev=(0, 0))
+    return canon(view)
+
+
+@pytest.mark.skipif(not have("umoci"), reason="umoci is not installed")
+@pytest.mark.parametrize("name,layers", [(h[0], h[1]) for h in HISTORIES
+                                         if h[0] not in NOT_FOR_UMOCI],
+                         ids=[h[0] for h in HISTORIES if h[0] not in NOT_FOR_UMOCI])
+def test_same_tree_as_umoci(tmp_path: Path, name: str, layers: list[list[Entry]]) -> None:
+    tars = [make_layer(entries) for entries in layers]
+    blobs = write_oci_layout(tmp_path / "layout", tars, tag="t")
+    inputs = [LayerInput(path, digest) for path, digest in blobs]
+    out, _ = run_flatten(tmp_path, inputs)
+    ours, links = read_tar_tree(out)
+    rootfs = umoci_unpack(tmp_path / "layout", tmp_path / "bundle", tag="t")
+    theirs, their_groups = read_dir_tree(rootfs)
+    assert _umoci_view(ours) == _umoci_view(theirs)
+    assert groups_of(links) == set(their_groups)
+
+
+# --------------------------------------------------------------------------------------------
+# Output format
+# --------------------------------------------------------------------------------------------
+def _raw_members(out: bytes) -> list[tarfile.TarInfo]:
+    with tarfile.open(fileobj=io.BytesIO(out), mode="r:", encoding="utf-8",
+                      errors="surrogateescape") as tf:
+        return tf.getmembers()
+
+
+def test_canonical_order_and_headers(tmp_path: Path) -> None:
+    layers = [[F("b/z"), F("a-b"), D("a"), F("a/c"), F("a.b"), F("b/a/x"), F("B"), H("c", "a/c")]]
+    out, _ = run_flatten(tmp_path, write_layers(tmp_path, layers, "none"))
+    names = [m.name for m in _raw_members(out)]
+    # byte order per component: "B" < "a" < "a-b" < "a.b" < "b"; a dir before its contents
+    assert names == ["B", "a", "a/c", "a-b", "a.b", "b", "b/a", "b/a/x", "b/z", "c"]
+    assert b"PaxHeader" not in out  # nothing needed a PAX header
+    assert out.endswith(bytes(1024)) and len(out) % 512 == 0
+    for m in _raw_members(out):
+        assert (m.uname, m.gname, m.mtime) == ("", "", 0)
+        assert m.pax_headers == {}
+    assert out[:512][257:265] == b"ustar\x0000"
+    dir_header = out[:1024][512:1024]  # "a" comes second
+    assert dir_header[:2] == b"a/"
+
+
+def test_mtime_clamp(tmp_path: Path) -> None:
+    layers = [[F("old", mtime=1000), F("new", mtime=2_000_000_000)]]
+    inputs = write_layers(tmp_path, layers)
+    for clamp, want in ((0, {"old": 0, "new": 0}), (5000, {"old": 1000, "new": 5000}),
+                        (None, {"old": 1000, "new": 2_000_000_000})):
+        out, _ = run_flatten(tmp_path, inputs, mtime_clamp=clamp)
+        tree, _ = read_tar_tree(out)
+        assert {p.decode(): n.mtime for p, n in tree.items()} == want
+
+
+def test_zstd_and_multi_member_gzip_layers(tmp_path: Path) -> None:
+    tar = make_layer([F("a", b"a" * 100_000), F("b", b"b")])
+    half = len(tar) // 2 // 512 * 512
+    gz = gzip.compress(tar[:half]) + gzip.compress(tar[half:])
+    cctx = zstandard.ZstdCompressor()
+    zs = cctx.compress(tar[:half]) + cctx.compress(tar[half:])
+    want = None
+    for i, blob in enumerate((tar, gz, zs, compress(tar, "zstd"))):
+        (tmp_path / f"l{i}").write_bytes(blob)
+        out, stats = run_flatten(tmp_path, [LayerInput(tmp_path / f"l{i}", sha256(blob))])
+        assert stats.files == 2 and stats.bytes == 100_001
+        want = want or out
+        assert out == want
+
+
+def test_same_layer_twice_and_big_file(tmp_path: Path) -> None:
+    big = os.urandom(3 << 20)
+    inputs = write_layers(tmp_path, [[F("big", big)]])
+    out, stats = run_flatten(tmp_path, inputs + inputs)
+    tree, _ = read_tar_tree(out)
+    assert tree[b"big"] == ef(big)
+    assert stats.unpacked_bytes >= 2 * len(big)
+
+
+# --------------------------------------------------------------------------------------------
+# Hostile layers
+# --------------------------------------------------------------------------------------------
+SENTINEL = "@SENTINEL@"  # replaced by the absolute path of a sentinel directory
+
+HOSTILE_OK: list[tuple[str, list[list[Entry]], dict[Any, Node]]] = [
+    ("dotdot_name", [[F("../../etc/x", b"x")]], {"etc": ed(), "etc/x": ef(b"x")}),
+    ("absolute_name", [[F("/etc/y", b"y"), F("./z", b"z")]],
+     {"etc": ed(), "etc/y": ef(b"y"), "z": ef(b"z")}),
+    ("symlink_escape_relative", [[S("evil", "../../../../../../tmp"), F("evil/pwned", b"p")]],
+     {"evil": el("../../../../../../tmp"), "tmp": ed(), "tmp/pwned": ef(b"p")}),
+    ("symlink_escape_absolute", [[S("evil", SENTINEL)], [F("evil/pwned", b"p")]], {}),
+    ("symlink_to_root_dotdot", [[S("up", ".."), F("up/up/f", b"f")]],
+     {"up": el(".."), "f": ef(b"f")}),
+    ("duplicate_entries", [[F("a", b"1"), F("a", b"2"), D("d", 0o700), D("d", 0o711)]],
+     {"a": ef(b"2"), "d": ed(0o711)}),
+    ("whiteout_of_missing", [[F("a")], [W("nothing"), W("no/such/dir"), OPQ("gone")]],
+     {"a": ef()}),
+    ("hardlink_outside_resolves_inside", [[F("etc/passwd", b"p")], [H("l", "../../etc/passwd")]],
+     {"etc": ed(), "etc/passwd": ef(b"p"), "l": ef(b"p")}),
+]
+
+
+def _files_outside(root: Path, scratch_names: set[str]) -> set[str]:
+    found = set()
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel = os.path.relpath(dirpath, root)
+        if rel.split(os.sep)[0] in scratch_names:
+            continue
+        found.update(os.path.normpath(os.path.join(rel, n)) for n in dirnames + filenames)
+    return found
+
+
+def _substitute(layers: list[list[Entry]], sentinel: Path) -> list[list[Entry]]:
+    return [[replace(e, target=str(sentinel)) if e.target == SENTINEL else e for e in layer]
+            for layer in layers]
+
+
+@pytest.mark.parametrize("name,layers,expected", HOSTILE_OK, ids=[h[0] for h in HOSTILE_OK])
+def test_hostile_in_image(tmp_path: Path, name: str, layers: list[list[Entry]],
+                          expected: dict[Any, Node]) -> None:
+    sentinel = tmp_path / "sentinel"
+    sentinel.mkdir()
+    inputs = write_layers(tmp_path, _substitute(layers, sentinel))
+    before = _files_outside(tmp_path, set())
+    out, _ = run_flatten(tmp_path, inputs)
+    assert _files_outside(tmp_path, {"scratch0"}) == before | {"scratch0"}
+    assert not any(sentinel.iterdir())
+    tree, _ = read_tar_tree(out)
+    if name == "symlink_escape_absolute":  # written at the sentinel's path inside the image
+        inside = str(sentinel).strip("/").encode() + b"/pwned"
+        assert tree[inside] == ef(b"p")
+        assert tree[b"evil"] == el(str(sentinel))
+    else:
+        assert canon(tree) == canon({_key(p): n for p, n in expected.items()})
+
+
+def _gz_truncated(tmp: Path) -> bytes:
+    return gzip.compress(make_layer([F("a", os.urandom(50_000))]))[:-100]
+
+
+def _zstd_garbage(tmp: Path) -> bytes:
+    return compress(make_layer([F("a", b"a")]), "zstd") + b"garbage!"
+
+
+def _zstd_truncated(tmp: Path) -> bytes:
+    return compress(make_layer([F("a", os.urandom(50_000))]), "zstd")[:-100]
+
+
+def _gz_garbage(tmp: Path) -> bytes:
+    return gzip.compress(make_layer([F("a", b"a")])) + b"\0garbage"
+
+
+def _bomb(tmp: Path) -> bytes:
+    return gzip.compress(make_layer([F("zeros", bytes(4 << 20))]))
+
+
+def _tar_truncated_data(tmp: Path) -> bytes:
+    return make_layer([F("a", b"x" * 5000), F("b", b"y" * 5000)])[:7000]
+
+
+def _tar_truncated_header(tmp: Path) -> bytes:
+    return make_layer([F("a", b"x" * 5000), F("b", b"y" * 5000)])[:6000]
+
+
+def _tar_bad_checksum(tmp: Path) -> bytes:
+    tar = bytearray(make_layer([F("a", b"x")]))
+    tar[0] = ord("b")
+    return bytes(tar)
+
+
+# (id, layer blob factory or entries, max_unpacked_size, words the error must contain)
+HOSTILE_ERR: list[tuple[str, Any, int, list[str]]] = [
+    ("hardlink_missing", [[F("a")], [H("l", "nope")]], 8 << 30, ["'l'", "nope", "does not exist"]),
+    ("hardlink_outside_missing", [[H("l", "../../../etc/shadow")]], 8 << 30, ["'l'", "etc/shadow"]),
+    ("hardlink_to_dir", [[D("d"), H("l", "d")]], 8 << 30, ["'l'", "directory"]),
+    ("parent_is_a_file", [[F("f"), F("f/x")]], 8 << 30, ["'f/x'", "not a directory"]),
+    ("symlink_loop", [[S("a", "b"), S("b", "a"), F("a/x")]], 8 << 30, ["'a/x'", "symbolic links"]),
+    ("root_replaced", [[S(".", "/etc")]], 8 << 30, ["root directory"]),
+    ("truncated_gzip", _gz_truncated, 8 << 30, ["truncated gzip"]),
+    ("gzip_trailing_garbage", _gz_garbage, 8 << 30, ["garbage after gzip"]),
+    ("zstd_trailing_garbage", _zstd_garbage, 8 << 30, ["garbage after zstd"]),
+    ("truncated_zstd", _zstd_truncated, 8 << 30, ["truncated zstd"]),
+    ("truncated_tar_data", _tar_truncated_data, 8 << 30, ["truncated tar", "entry 'b'"]),
+    ("truncated_tar_header", _tar_truncated_header, 8 << 30,
+     ["truncated tar header", "after entry 'a'"]),
+    ("bad_checksum", _tar_bad_checksum, 8 << 30, ["checksum", "at start"]),
+    ("bomb", _bomb, 1 << 20, ["more than 1048576 bytes", "decompression bomb"]),
+]
+
+
+@pytest.mark.parametrize("name,source,limit,words", HOSTILE_ERR, ids=[h[0] for h in HOSTILE_ERR])
+def test_hostile_refused(tmp_path: Path, name: str, source: Any, limit: int,
+                         words: list[str]) -> None:
+    if callable(source):
+        blob = source(tmp_path)
+        (tmp_path / "blob0").write_bytes(blob)
+        inputs = [LayerInput(tmp_path / "blob0", sha256(blob))]
+    else:
+        inputs = write_layers(tmp_path, source)
+    before = _files_outside(tmp_path, set())
+    with pytest.raises(CmbuildError) as err:
+        run_flatten(tmp_path, inputs, max_unpacked_size=limit)
+    text = str(err.value)
+    bad = inputs[-1]
+    assert bad.digest in text, text
+    assert f"layer {len(inputs) - 1}" in text
+    for word in words:
+        assert word in text, text
+    assert _files_outside(tmp_path, {"scratch0"}) == before | {"scratch0"}
+
+
+# --------------------------------------------------------------------------------------------
+# Determinism
+# --------------------------------------------------------------------------------------------
+def test_identical_bytes_across_umask_tz_and_scratch(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    layers = [h[1] for h in HISTORIES if h[0] == "long_non_utf8_names"][0] + [
+        [F("etc/a", b"1", mtime=123), D("etc", 0o700), H("etc/b", "etc/a")],
+        [W("etc/a"), F("usr/bin/x", b"x" * 70_000, mode=0o755, xattrs={"user.k": "v"})]]
+    inputs = write_layers(tmp_path, [layers[0]], "none") + write_layers(tmp_path, layers[1:], "zstd")
+    outputs = []
+    for umask, tz in ((0o077, "UTC"), (0o022, "America/New_York"), (0o002, "Asia/Kolkata")):
+        old = os.umask(umask)
+        monkeypatch.setenv("TZ", tz)
+        time.tzset()
+        try:
+            for clamp in (0, None):
+                outputs.append((clamp, run_flatten(tmp_path, inputs, mtime_clamp=clamp)[0]))
+        finally:
+            os.umask(old)
+    monkeypatch.delenv("TZ")
+    time.tzset()
+    for clamp in (0, None):
+        assert len({out for c, out in outputs if c == clamp}) == 1

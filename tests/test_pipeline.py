@@ -1,0 +1,170 @@
+"""The task graph end to end on the example image, as far as the app drive: incrementality,
+early cutoff, determinism, the lock file and audit. Runs the real `cmbuild` command."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE = REPO / "examples" / "hello" / "image"
+
+
+def cmbuild(project: Path, *args: str, env: dict[str, str] | None = None, check: bool = True,
+            umask: int | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = dict(os.environ)
+    full_env.pop("CMBUILD_CONFIG", None)
+    full_env.update(env or {})
+    p = subprocess.run([sys.executable, "-m", "cmbuild", *args], cwd=project, env=full_env, text=True,
+                       capture_output=True, timeout=600,
+                       preexec_fn=(lambda: os.umask(umask)) if umask is not None else None)
+    if check and p.returncode != 0:
+        raise AssertionError(f"cmbuild {' '.join(args)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+def ran(p: subprocess.CompletedProcess[str]) -> set[str]:
+    """Stages doit executed ('.  name'), as opposed to up to date ('-- name')."""
+    return set(re.findall(r"^\.\s+(\S+)", p.stdout, re.M))
+
+
+def uptodate(p: subprocess.CompletedProcess[str]) -> set[str]:
+    return set(re.findall(r"^--\s+(\S+)", p.stdout, re.M))
+
+
+def make_project(root: Path, image: Path = EXAMPLE, extra: str = "", env: str = 'GREETING = "hi"') -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "cartesi.toml").write_text(
+        f'[image]\npath = "{image}"\nref = "latest"\n\n[machine]\nenv = {{ {env} }}\n{extra}')
+    return root
+
+
+def write_blob(layout: Path, data: bytes) -> str:
+    hexd = hashlib.sha256(data).hexdigest()
+    (layout / "blobs" / "sha256" / hexd).write_bytes(data)
+    return "sha256:" + hexd
+
+
+def retag_with_new_config(src: Path, dst: Path, label: str) -> None:
+    """A copy of an OCI layout whose config (and so manifest) differs but whose layers don't."""
+    shutil.copytree(src, dst)
+    index = json.loads((dst / "index.json").read_text())
+    mdesc = index["manifests"][0]
+    manifest = json.loads((dst / "blobs" / "sha256" / mdesc["digest"][7:]).read_bytes())
+    config = json.loads((dst / "blobs" / "sha256" / manifest["config"]["digest"][7:]).read_bytes())
+    config["config"].setdefault("Labels", {})["test.label"] = label
+    cbytes = json.dumps(config, sort_keys=True).encode()
+    manifest["config"] = {**manifest["config"], "digest": write_blob(dst, cbytes), "size": len(cbytes)}
+    mbytes = json.dumps(manifest, sort_keys=True).encode()
+    mdesc.update(digest=write_blob(dst, mbytes), size=len(mbytes))
+    (dst / "index.json").write_text(json.dumps(index, sort_keys=True))
+
+
+def lock(project: Path) -> dict:
+    return json.loads((project / "cartesi.lock").read_text())
+
+
+def test_second_build_runs_nothing_and_env_change_reruns_only_dependents(tmp_path: Path) -> None:
+    proj = make_project(tmp_path / "p")
+    first = cmbuild(proj, "app")
+    assert ran(first) == {"pull", "unpack", "config", "app"}
+    assert (proj / ".cartesi" / "app.sqfs").is_file()
+    second = cmbuild(proj, "app")
+    assert ran(second) == set() and uptodate(second) == {"pull", "unpack", "config", "app"}
+
+    # one [machine] env value changes: config and app re-run, pull and unpack do not
+    make_project(proj, env='GREETING = "changed"')
+    third = cmbuild(proj, "app")
+    assert ran(third) == {"config", "app"}
+    assert uptodate(third) >= {"pull", "unpack"}
+    cfg = json.loads(_read_config(proj))
+    assert "GREETING=changed" in cfg["process"]["env"]
+
+    # `doit info` says why a stage would run
+    make_project(proj, env='GREETING = "again"')
+    info = cmbuild(proj, "info", "config", check=False)
+    assert "changed since cartesi.lock: options.env.GREETING" in info.stdout
+
+
+def _read_config(proj: Path) -> bytes:
+    out = subprocess.run(["rdsquashfs", "-c", "config.json", str(proj / ".cartesi" / "app.sqfs")],
+                         capture_output=True, check=True)
+    return out.stdout
+
+
+def test_new_image_digest_with_same_layers_reruns_pull_but_not_unpack(tmp_path: Path) -> None:
+    proj = make_project(tmp_path / "p", image=tmp_path / "img1")
+    shutil.copytree(EXAMPLE, tmp_path / "img1")
+    cmbuild(proj, "app")
+    old = lock(proj)
+    retag_with_new_config(EXAMPLE, tmp_path / "img2", "v2")
+    make_project(proj, image=tmp_path / "img2")
+    p = cmbuild(proj, "app")
+    assert "pull" in ran(p)
+    assert "unpack" in uptodate(p)            # early cutoff: same layers, same rootfs
+    new = lock(proj)
+    assert new["image"]["manifest"] != old["image"]["manifest"]
+    assert new["stages"]["unpack"]["output"] == old["stages"]["unpack"]["output"]
+
+
+def test_touching_the_source_without_changing_it_rebuilds_nothing(tmp_path: Path) -> None:
+    shutil.copytree(EXAMPLE, tmp_path / "img")
+    proj = make_project(tmp_path / "p", image=tmp_path / "img")
+    cmbuild(proj, "app")
+    os.utime(tmp_path / "img" / "index.json", (1, 1))
+    assert ran(cmbuild(proj, "app")) == set()
+
+
+def test_builds_are_identical_across_folders_umask_tz_locale_and_epoch(tmp_path: Path) -> None:
+    a = make_project(tmp_path / "a")
+    b = make_project(tmp_path / "deeper" / "b")
+    cmbuild(a, "app", umask=0o022, env={"TZ": "UTC", "LC_ALL": "C"})
+    cmbuild(b, "app", umask=0o077, env={"TZ": "Asia/Tokyo", "LC_ALL": "C.UTF-8", "SOURCE_DATE_EPOCH": "1700000000"})
+    assert (a / ".cartesi" / "app.sqfs").read_bytes() == (b / ".cartesi" / "app.sqfs").read_bytes()
+    assert (a / "cartesi.lock").read_bytes() == (b / "cartesi.lock").read_bytes()
+
+
+def test_deleting_a_published_drive_republishes_without_rebuilding(tmp_path: Path) -> None:
+    proj = make_project(tmp_path / "p")
+    cmbuild(proj, "app")
+    digest = lock(proj)["stages"]["app"]["output"]
+    (proj / ".cartesi" / "app.sqfs").unlink()
+    p = cmbuild(proj, "app")
+    assert ran(p) == {"app"}
+    assert "restored" in p.stderr
+    assert "sha256:" + hashlib.sha256((proj / ".cartesi" / "app.sqfs").read_bytes()).hexdigest() == digest
+
+
+def test_bad_config_is_one_clear_message(tmp_path: Path) -> None:
+    proj = tmp_path / "p"
+    proj.mkdir()
+    (proj / "cartesi.toml").write_text('[image]\nref = "x"\ndigest = "sha256:123"\n')
+    p = cmbuild(proj, "app", check=False)
+    assert p.returncode == 2
+    assert "cartesi.toml: [image].digest: expected sha256:<64 hex>, got 'sha256:123'" in p.stderr
+    assert "Traceback" not in p.stderr
+
+
+def test_unpinned_ref_is_refused(tmp_path: Path) -> None:
+    proj = tmp_path / "p"
+    proj.mkdir()
+    (proj / "cartesi.toml").write_text('[image]\nref = "127.0.0.1:9/none/app:latest"\n')
+    p = cmbuild(proj, "pull", check=False)
+    assert p.returncode != 0
+    assert "has no digest" in (p.stdout + p.stderr) and "cmbuild lock" in (p.stdout + p.stderr)
+
+
+def test_list_shows_the_stages(tmp_path: Path) -> None:
+    proj = make_project(tmp_path / "p")
+    out = cmbuild(proj, "list").stdout
+    for name in ("pull", "unpack", "config", "app", "init", "runtime", "kernel", "snapshot", "boot",
+                 "audit", "verify", "hash", "lock"):
+        assert re.search(rf"^{name}\s", out, re.M), name

@@ -1,0 +1,219 @@
+"""The runtime layer stage, run for real from the pinned Debian packages, read back from the
+squashfs it writes."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from cmbuild import debian, drives, elf
+from cmbuild.errors import CmbuildError
+from cmbuild.recipes import RECIPES_ROOT, load_runtime_recipe
+from cmbuild.stages.runtime import SIZE_TARGET, build_runtime, runtime_contents
+from cmbuild.store import Store
+
+VERSION = "0.1.0"
+MA = "usr/lib/riscv64-linux-gnu"
+LOADER = "ld-linux-riscv64-lp64d.so.1"
+
+
+# ----- recipes (fast) ------------------------------------------------------------------------
+
+def test_recipe_loads_and_has_a_digest() -> None:
+    r = load_runtime_recipe(RECIPES_ROOT, VERSION)
+    assert r.version == VERSION and r.suite == "trixie" and r.architecture == "riscv64"
+    data = (RECIPES_ROOT / "runtime" / f"{VERSION}.toml").read_bytes()
+    assert r.sha256 == "sha256:" + hashlib.sha256(data).hexdigest()
+    assert {"crun", "busybox-static", "libc6"} <= {p.name for p in r.packages}
+    assert {"sh", "mount", "poweroff"} <= set(r.busybox_applets)
+
+
+def test_unknown_recipe_version_lists_the_available_ones() -> None:
+    with pytest.raises(CmbuildError, match="no runtime recipe version 9.9.9") as e:
+        load_runtime_recipe(RECIPES_ROOT, "9.9.9")
+    assert VERSION in str(e.value)
+
+
+def _recipe_copy(tmp_path: Path, edit: tuple[str, str] | None = None,
+                 name: str = VERSION) -> Path:
+    text = (RECIPES_ROOT / "runtime" / f"{VERSION}.toml").read_text()
+    if edit:
+        assert edit[0] in text
+        text = text.replace(edit[0], edit[1])
+    (tmp_path / "runtime").mkdir(exist_ok=True)
+    (tmp_path / "runtime" / f"{name}.toml").write_text(text)
+    return tmp_path
+
+
+def test_recipe_rejects_unknown_keys_and_bad_pins(tmp_path: Path) -> None:
+    root = _recipe_copy(tmp_path, ('suite = "trixie"', 'suite = "trixie"\nmirror = "x"'))
+    with pytest.raises(CmbuildError, match="mirror: Extra inputs are not permitted"):
+        load_runtime_recipe(root, VERSION)
+    root = _recipe_copy(tmp_path, ('name = "crun"\nversion = "1.21-1"\nsha256 = "',
+                                   'name = "crun"\nversion = "1.21-1"\nsha256 = "zz'))
+    with pytest.raises(CmbuildError, match="package.0.sha256: expected 64 lower-case hex"):
+        load_runtime_recipe(root, VERSION)
+    root = _recipe_copy(tmp_path, name="0.0.9")
+    with pytest.raises(CmbuildError, match="says version = '0.1.0', its name says '0.0.9'"):
+        load_runtime_recipe(root, "0.0.9")
+
+
+# ----- the stage (slow) ------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Store:
+    try:
+        root = request.config.cache.mkdir("cmbuild-debs")  # shared with test_elf
+    except AttributeError:
+        root = tmp_path_factory.mktemp("debs")
+    return Store(root)
+
+
+@pytest.fixture(scope="module")
+def recipe():
+    return load_runtime_recipe(RECIPES_ROOT, VERSION)
+
+
+@pytest.fixture(scope="module")
+def tree(store: Store, recipe, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    digests = debian.fetch_debs(store, recipe.debs(), suite=recipe.suite,
+                                arch=recipe.architecture)
+    out = tmp_path_factory.mktemp("pkgs")
+    for d in digests.values():
+        debian.extract_deb(store.object_path(d), out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def init(store: Store, tree: Path) -> str:
+    """A stand-in for the init: busybox-static, a small static riscv64 program."""
+    return store.add_file(tree / "usr/bin/busybox")
+
+
+@pytest.fixture(scope="module")
+def layer(store: Store, recipe, init: str) -> tuple[str, dict[str, tarfile.TarInfo], bytes]:
+    digest = build_runtime(store, recipe, init_digest=init)
+    data = drives.squashfs_to_tar(store.object_path(digest))
+    with tarfile.open(fileobj=io.BytesIO(data)) as t:
+        members = {m.name.lstrip("./").rstrip("/"): m for m in t.getmembers()}
+    members.pop("", None)
+    return digest, members, data
+
+
+def _file(data: bytes, name: str) -> bytes:
+    with tarfile.open(fileobj=io.BytesIO(data)) as t:
+        for m in t.getmembers():
+            if m.name.lstrip("./") == name:
+                f = t.extractfile(m)
+                assert f is not None
+                return f.read()
+    raise KeyError(name)
+
+
+@pytest.mark.slow
+def test_layer_holds_exactly_the_runtime(layer, tree: Path, recipe, store: Store) -> None:
+    digest, members, data = layer
+    libs = elf.closure(["usr/bin/crun"], tree)
+    expected = {"bin", "sbin", "lib", "usr", "usr/bin", "usr/sbin", "usr/lib", MA,
+                "dev", "mnt", "proc", "run", "sys", "tmp",
+                "usr/bin/crun", "usr/bin/busybox", "usr/sbin/init"}
+    expected |= {f"usr/bin/{a}" for a in recipe.busybox_applets}
+    expected |= set(libs)
+    assert set(members) == expected  # and nothing else: no docs, no man pages, no .a
+    # Debian's layout: merged /usr, the loader where PT_INTERP says, libraries' symlinks
+    assert members["lib"].issym() and members["lib"].linkname == "usr/lib"
+    assert members["bin"].linkname == "usr/bin" and members["sbin"].linkname == "usr/sbin"
+    assert members["usr/lib/" + LOADER].issym()
+    assert members[f"{MA}/{LOADER}"].isfile()
+    for name in ("usr/bin/crun", "usr/bin/busybox", "usr/sbin/init", f"{MA}/{LOADER}"):
+        assert members[name].isfile() and members[name].mode & 0o111 == 0o111, name
+    for a in recipe.busybox_applets:
+        assert members[f"usr/bin/{a}"].issym() and members[f"usr/bin/{a}"].linkname == "busybox"
+    for d in ("dev", "mnt", "proc", "run", "sys", "tmp"):
+        assert members[d].isdir()
+    assert all(m.uid == 0 and m.gid == 0 and m.mtime == 0 for m in members.values())
+    # the bytes are Debian's (and the init's)
+    for rel, src in libs.items():
+        if not src.is_symlink():
+            assert _file(data, rel) == src.read_bytes(), rel
+    assert _file(data, "usr/bin/crun") == (tree / "usr/bin/crun").read_bytes()
+    assert _file(data, "usr/sbin/init") == (tree / "usr/bin/busybox").read_bytes()
+    # what the stage says the layer holds is what it holds
+    listing = runtime_contents(recipe, store)
+    assert set(listing) == {"/" + m for m in members}
+    assert store.object_path(digest).stat().st_size <= SIZE_TARGET
+
+
+@pytest.mark.slow
+def test_unsquashfs_agrees(layer, store: Store) -> None:
+    digest = layer[0]
+    out = subprocess.run(["unsquashfs", "-lln", str(store.object_path(digest))],
+                         capture_output=True, text=True, check=True).stdout
+    lines = [l for l in out.splitlines() if "squashfs-root" in l]
+    assert len(lines) == len(layer[1]) + 1
+    assert any(l.startswith("-rwxr-xr-x 0/0") and l.endswith("squashfs-root/usr/bin/crun")
+               for l in lines)
+
+
+@pytest.mark.slow
+def test_same_digest_in_another_store(layer, store: Store, recipe, init: str,
+                                      tmp_path: Path) -> None:
+    """A second build in a fresh store (the same .deb files, copied by digest: nothing is
+    downloaded) gives the same bytes, under another umask."""
+    other = Store(tmp_path / "store")
+    for p in recipe.debs():
+        shutil.copy(store.object_path(p.digest), other.object_path(p.digest))
+    init2 = other.add_file(store.object_path(init))
+    old = os.umask(0o077)
+    try:
+        digest = build_runtime(other, recipe, init_digest=init2, quiet=True)
+    finally:
+        os.umask(old)
+    assert digest == layer[0]
+    # and it is cached by its stage key
+    assert build_runtime(other, recipe, init_digest=init2, quiet=True) == digest
+
+
+@pytest.mark.slow
+def test_wrong_sha256_in_recipe_names_the_package(store: Store, init: str,
+                                                  tmp_path: Path) -> None:
+    real = load_runtime_recipe(RECIPES_ROOT, VERSION).package("libyajl2")
+    root = _recipe_copy(tmp_path, (real.sha256, "f" * 64))
+    bad = load_runtime_recipe(root, VERSION)
+    before = set(store.all_objects())
+    with pytest.raises(CmbuildError, match=re.escape(f"package libyajl2 {real.version}")) as e:
+        build_runtime(store, bad, init_digest=init, quiet=True)
+    assert "f" * 64 in str(e.value) and real.sha256 in str(e.value)
+    assert set(store.all_objects()) == before
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("riscv64-linux-gnu-gcc") is None,
+                    reason="riscv64-linux-gnu-gcc is not installed")
+def test_dynamic_init_needs_nothing_more(store: Store, recipe, tmp_path: Path) -> None:
+    """An init linked against libc only adds no file: its libraries are crun's."""
+    src = tmp_path / "init.c"
+    src.write_text("int main(void){return 0;}\n")
+    subprocess.run(["riscv64-linux-gnu-gcc", "-O1", "-o", str(tmp_path / "init"), str(src)],
+                   check=True)
+    digest = store.add_file(tmp_path / "init")
+    listing = runtime_contents(recipe, store, init_digest=digest)
+    assert listing == runtime_contents(recipe, store)
+
+
+@pytest.mark.slow
+def test_lz4_layer(store: Store, recipe, init: str, layer) -> None:
+    digest = build_runtime(store, recipe, init_digest=init, compression="lz4", quiet=True)
+    assert digest != layer[0]
+    data = drives.squashfs_to_tar(store.object_path(digest))
+    with tarfile.open(fileobj=io.BytesIO(data)) as t:
+        names = {m.name.lstrip("./").rstrip("/") for m in t.getmembers()} - {""}
+    assert names == set(layer[1])
