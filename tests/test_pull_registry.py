@@ -87,7 +87,7 @@ def test_shared_base_layer_is_fetched_once(pull_registry: Registry, tmp_path: Pa
     proxy = FaultProxy(pull_registry.port)
     try:
         pull(store, ref=f"{proxy.host}/shared/first:1", digest=first.digest, path=None,
-             progress=False)
+             progress=True)  # stderr is not a terminal here: quiet
         assert len(proxy.requests_for(f"/blobs/{base.digest}")) == 1
         rec = store.read_json(pull(store, ref=f"{proxy.host}/shared/second:1",
                                    digest=second.digest, path=None, progress=False))
@@ -95,12 +95,12 @@ def test_shared_base_layer_is_fetched_once(pull_registry: Registry, tmp_path: Pa
         blob_gets = [s.path for s in proxy.log if "/shared/second/blobs/" in s.path]
         assert sorted(blob_gets) == sorted([f"/v2/shared/second/blobs/{sha(second.config)}",
                                             f"/v2/shared/second/blobs/{second.layers[1].digest}"])
-        # pulling again reads only the manifest
+        # pulling a pinned image again needs no request at all, and gives the same record
         n = len(proxy.log)
-        pull(store, ref=f"{proxy.host}/shared/second:1", digest=second.digest, path=None,
-             progress=False)
-        assert [s.path for s in proxy.log[n:] if "/blobs/" in s.path] == [
-            f"/v2/shared/second/blobs/{sha(second.config)}"]
+        again = pull(store, ref=f"{proxy.host}/shared/second:1", digest=second.digest,
+                     path=None, progress=False)
+        assert store.read_json(again) == rec
+        assert proxy.log[n:] == []
     finally:
         proxy.close()
 
@@ -184,6 +184,21 @@ def test_token_auth(pull_registry_token: Registry, tmp_path: Path, store: Store,
     issued = tokens.issued[n:]
     assert len(issued) == 1  # one token, reused for the manifest, config and both layers
     assert issued[0]["scope"] == "repository:bob/app:pull"
+
+    # a token the registry no longer accepts is replaced (once) on its 401
+    from cmbuild.oci.registry import RegistryClient
+    client = RegistryClient(pull_registry_token.host)
+    client.get_manifest("bob/app", "1")
+    scope = client.auth.scope("bob/app")
+    token, expiry = client.auth._tokens[scope]
+    client.auth._tokens[scope] = ("not-a-valid-token", expiry)
+    assert client.get_manifest("bob/app", "1")[2] == image.digest
+    assert client.auth._tokens[scope][0] not in (token, "not-a-valid-token")
+    # and one past its lifetime is fetched again before use
+    client.auth._tokens[scope] = (client.auth._tokens[scope][0], 0.0)
+    n = len(tokens.issued)
+    client.get_manifest("bob/app", "1")
+    assert len(tokens.issued) == n + 1
 
     # a repository the token server gives bob no access to
     with pytest.raises(CmbuildError, match="access to alice/app is denied"):

@@ -46,6 +46,7 @@ class RegistrySource:
         self.client = client
         self.ref = ref
         self.where = f"{ref.display_registry}/{ref.repository}"
+        self.pinned = ref.digest  # a pinned image already in the store needs no request
 
     def top(self) -> tuple[bytes, str | None, str]:
         return self.client.get_manifest(self.ref.repository, self.ref.reference)
@@ -61,11 +62,23 @@ class RegistrySource:
         self.client.fetch_blobs(store, self.ref.repository, descs, progress)
 
 
+def _document(store: Store, source: ImageSource, desc: Descriptor) -> bytes:
+    """A document by digest: from the store when it is there (objects are named by their
+    content), else from the source (which verifies it)."""
+    if store.has(desc.digest):
+        return store.object_path(desc.digest).read_bytes()
+    return source.document(desc)
+
+
 def resolve_image(store: Store, source: ImageSource, want: Platform,
                   progress: bool) -> tuple[str | None, str, str, list[Descriptor], list[str], str]:
     """Walk index -> manifest -> config -> layers, storing each. Returns (index digest or
     None, manifest digest, config digest, layers, diff_ids, top digest)."""
-    data, media, digest = source.top()
+    pinned = getattr(source, "pinned", None)
+    if pinned and store.has(pinned):
+        data, media, digest = store.object_path(pinned).read_bytes(), None, pinned
+    else:
+        data, media, digest = source.top()
     top_digest = digest
     index_digest: str | None = None
     for _ in range(_MAX_NESTING):
@@ -77,11 +90,11 @@ def resolve_image(store: Store, source: ImageSource, want: Platform,
             break
         index_digest = index_digest or digest
         desc = select_platform(index_descriptors(doc, where), want, where)
-        data, media, digest = source.document(desc), desc.media_type, desc.digest
+        data, media, digest = _document(store, source, desc), desc.media_type, desc.digest
     else:
         raise CmbuildError("image indexes nested too deeply", where=source.where)
     manifest = parse_manifest(doc, where)
-    config_bytes = source.document(manifest.config)
+    config_bytes = _document(store, source, manifest.config)
     config_where = f"{source.where} config {manifest.config.digest}"
     diff_ids = check_config(parse_json(config_bytes, config_where), want,
                             len(manifest.layers), config_where)

@@ -151,16 +151,30 @@ class RegistryClient:
         return CmbuildError(f"the registry answered HTTP {r.status_code}{detail} for {what}",
                             where=url)
 
+    def _get_small(self, url: str, repository: str, headers: dict[str, str], what: str,
+                   limit: int) -> tuple[requests.Response, bytes]:
+        """GET a small document whole, trying again when the connection breaks."""
+        for attempt in range(self.retries + 1):
+            r = self.request("GET", url, repository, headers, stream=True)
+            with r:
+                if r.status_code != 200:
+                    raise self._fail(r, what, url)
+                try:
+                    return r, _read_limited(r, limit, url)
+                except _NETWORK_ERRORS as e:
+                    if attempt == self.retries:
+                        raise CmbuildError(f"the connection broke while reading {what}: {e}",
+                                           where=url) from None
+            time.sleep(self._sleep_for(None, attempt))
+        raise AssertionError("unreachable")
+
     # ----- manifests -------------------------------------------------------------------
     def get_manifest(self, repository: str, reference: str) -> tuple[bytes, str | None, str]:
         """(bytes, media type, digest) of a manifest or index, by tag or digest."""
         url = f"{self.base}/v2/{repository}/manifests/{reference}"
         what = f"{self.registry}/{repository}{'@' if ':' in reference else ':'}{reference}"
-        r = self.request("GET", url, repository, {"Accept": MANIFEST_ACCEPT}, stream=True)
-        with r:
-            if r.status_code != 200:
-                raise self._fail(r, what, url)
-            data = _read_limited(r, MAX_DOCUMENT, url)
+        r, data = self._get_small(url, repository, {"Accept": MANIFEST_ACCEPT}, what,
+                                  MAX_DOCUMENT)
         media = r.headers.get("Content-Type", "").split(";")[0].strip() or None
         digest = sha256_bytes(data)
         if reference.startswith("sha256:") and digest != reference:
@@ -172,11 +186,8 @@ class RegistryClient:
     def get_blob_bytes(self, repository: str, desc: Descriptor) -> bytes:
         """A small blob (an image config) read into memory and verified."""
         url = f"{self.base}/v2/{repository}/blobs/{desc.digest}"
-        r = self.request("GET", url, repository, stream=True)
-        with r:
-            if r.status_code != 200:
-                raise self._fail(r, f"blob {desc.digest}", url)
-            data = _read_limited(r, min(desc.size, MAX_DOCUMENT), url)
+        _r, data = self._get_small(url, repository, {}, f"blob {desc.digest}",
+                                   min(desc.size, MAX_DOCUMENT))
         got = sha256_bytes(data)
         if got != desc.digest or len(data) != desc.size:
             raise CmbuildError(f"blob {desc.digest} does not match its digest (its bytes hash "
@@ -259,12 +270,9 @@ class RegistryClient:
 def _read_limited(r: requests.Response, limit: int, where: str) -> bytes:
     parts: list[bytes] = []
     total = 0
-    try:
-        for chunk in r.iter_content(CHUNK):
-            total += len(chunk)
-            if total > limit:
-                raise CmbuildError(f"the answer is larger than {limit} bytes", where=where)
-            parts.append(chunk)
-    except _NETWORK_ERRORS as e:
-        raise CmbuildError(f"the connection broke: {e}", where=where) from None
+    for chunk in r.iter_content(CHUNK):
+        total += len(chunk)
+        if total > limit:
+            raise CmbuildError(f"the answer is larger than {limit} bytes", where=where)
+        parts.append(chunk)
     return b"".join(parts)
