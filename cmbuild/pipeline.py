@@ -54,6 +54,25 @@ class Stage:
     key_doc: Callable[["Context"], tuple[Any, dict[str, Any]]]   # -> (options, inputs)
     build: Callable[["Context"], tuple[str, dict[str, Any]]]     # -> (output digest, meta)
     publish_as: Callable[["Context"], str | None] = lambda ctx: None  # file name in .cartesi/
+    modules: tuple[str, ...] = ()   # the code that makes the output: its source is in the key
+
+
+_IMPL: dict[str, str] = {}
+
+
+def implementation_digest(stage: Stage) -> str:
+    """sha256 of the source of the modules that implement a stage: a change to the code that
+    makes an output changes the stage's key (as a builder's hash does in Nix)."""
+    if stage.name not in _IMPL:
+        import importlib.util
+        h = hashlib.sha256()
+        for mod in sorted(stage.modules):
+            spec = importlib.util.find_spec(mod)
+            if spec is None or spec.origin is None:
+                raise CmbuildError(f"stage {stage.name}: module {mod} is missing from this installation")
+            h.update(mod.encode() + b"\0" + Path(spec.origin).read_bytes() + b"\0")
+        _IMPL[stage.name] = h.hexdigest()[:16]
+    return _IMPL[stage.name]
 
 
 @dataclass
@@ -75,7 +94,8 @@ class Context:
             stage = STAGES[name]
             options, inputs = stage.key_doc(self)
             self._docs[name] = {"options": options, "inputs": inputs}
-            self._keys[name] = stage_key(name, stage.version, options, inputs)
+            version = f"{stage.version}+{implementation_digest(stage)}"
+            self._keys[name] = stage_key(name, version, options, inputs)
         return self._keys[name]
 
     def key_inputs(self, name: str) -> dict[str, Any]:
@@ -396,7 +416,8 @@ def _drive_stage(name: str) -> Stage:
             return ctx.store.add_file(img), {"format": d.format}
 
     return Stage(f"drive-{name}", 1, (), f"the {name} drive ([drives.{name}])", doc, build,
-                 lambda ctx: f"{name}.{drives.EXTENSIONS[ctx.project.drives[name].format]}")
+                 lambda ctx: f"{name}.{drives.EXTENSIONS[ctx.project.drives[name].format]}",
+                 ("cmbuild.tarstream", "cmbuild.drives"))
 
 
 # ======================================================================================
@@ -444,20 +465,23 @@ def _snapshot_build(ctx: Context) -> tuple[str, dict[str, Any]]:
 
 STAGE_LIST: list[Stage] = [
     Stage("pull", 1, (), "fetch the image (registry, OCI layout or docker-save tarball), verify every blob",
-          _pull_doc, _pull_build),
+          _pull_doc, _pull_build, modules=("cmbuild.oci.pull", "cmbuild.oci.image", "cmbuild.oci.layout",
+                                            "cmbuild.oci.dockersave", "cmbuild.oci.registry")),
     Stage("unpack", 1, ("pull",), "flatten the layers (whiteouts applied) into one canonical tar",
-          _unpack_doc, _unpack_build),
+          _unpack_doc, _unpack_build, modules=("cmbuild.oci.flatten", "cmbuild.oci.tarutil")),
     Stage("config", 1, ("pull", "unpack"), "the OCI runtime config.json from the image config and [machine]",
-          _config_doc, _config_build),
+          _config_doc, _config_build, modules=("cmbuild.oci.runtime_config",)),
     Stage("app", 1, ("unpack", "config"), "the app drive: rootfs/ + config.json as squashfs or ext2",
-          _app_doc, _app_build, _app_name),
-    Stage("init", 1, (), "our init (PID 1), compiled for riscv64", _init_doc, _init_build),
+          _app_doc, _app_build, _app_name, ("cmbuild.tarstream", "cmbuild.drives")),
+    Stage("init", 1, (), "our init (PID 1), compiled for riscv64", _init_doc, _init_build,
+          modules=("cmbuild.guest.build",)),
     Stage("runtime", 1, ("init",), "the runtime layer: init + crun + busybox, read-only squashfs",
-          _runtime_doc, _runtime_build, lambda ctx: "root.sqfs"),
+          _runtime_doc, _runtime_build, lambda ctx: "root.sqfs",
+          ("cmbuild.stages.runtime", "cmbuild.elf", "cmbuild.debian", "cmbuild.drives")),
     Stage("kernel", 1, (), "the machine's kernel (Cartesi's, or Debian's with a boot shim for QEMU)",
-          _kernel_doc, _kernel_build),
+          _kernel_doc, _kernel_build, modules=("cmbuild.stages.kernel", "cmbuild.debian")),
     Stage("snapshot", 1, ("kernel", "runtime", "app"), "the stored machine (cartesi-machine --store) and its root hash",
-          _snapshot_doc, _snapshot_build, lambda ctx: "image"),
+          _snapshot_doc, _snapshot_build, lambda ctx: "image", ("cmbuild.machines.cartesi",)),
 ]
 STAGES: dict[str, Stage] = {s.name: s for s in STAGE_LIST}
 

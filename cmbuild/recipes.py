@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import sys
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, \
     model_validator
@@ -101,6 +101,7 @@ class RuntimeRecipe(DebianRecipe):
     docs/runtime-layer.md)."""
 
     busybox_applets: list[str]
+    libsystemd: Literal["debian", "stub"] = "debian"
 
     @field_validator("busybox_applets")
     @classmethod
@@ -120,6 +121,10 @@ class RuntimeRecipe(DebianRecipe):
         for required in ("crun", "busybox-static"):
             if required not in names:
                 raise ValueError(f"the runtime layer needs package {required!r}")
+        if self.libsystemd == "stub" and "libsystemd0" in names:
+            raise ValueError('libsystemd = "stub" replaces package libsystemd0: do not pin it')
+        if self.libsystemd == "debian" and "libsystemd0" not in names:
+            raise ValueError('libsystemd = "debian" needs package libsystemd0 pinned')
         return self
 
 

@@ -100,11 +100,13 @@ def test_corrupt_blob_is_refused_and_not_stored(pull_registry: Registry, proxy: 
              progress=False)
     assert not store.has(layer.digest)
     assert list(store.tmp.iterdir()) == []
-    # a corrupt manifest is refused too
+    # a corrupt manifest is refused too (in a store that does not hold it yet)
+    fresh = Store(tmp_path / "fresh")
     proxy.faults.append(Fault(f"/manifests/{image.digest}", "corrupt"))
     with pytest.raises(CmbuildError, match=f"manifest {image.digest} does not match"):
-        pull(store, ref=f"{proxy.host}/faults/corrupt:1", digest=image.digest, path=None,
+        pull(fresh, ref=f"{proxy.host}/faults/corrupt:1", digest=image.digest, path=None,
              progress=False)
+    assert fresh.all_objects() == []
     # and once the proxy behaves, the pull succeeds
     pull(store, ref=f"{proxy.host}/faults/corrupt:1", digest=image.digest, path=None,
          progress=False)
