@@ -466,7 +466,8 @@ def _snapshot_build(ctx: Context) -> tuple[str, dict[str, Any]]:
 STAGE_LIST: list[Stage] = [
     Stage("pull", 1, (), "fetch the image (registry, OCI layout or docker-save tarball), verify every blob",
           _pull_doc, _pull_build, modules=("cmbuild.oci.pull", "cmbuild.oci.image", "cmbuild.oci.layout",
-                                            "cmbuild.oci.dockersave", "cmbuild.oci.registry")),
+                                            "cmbuild.oci.dockersave", "cmbuild.oci.registry",
+                                            "cmbuild.oci.auth", "cmbuild.oci.blobs", "cmbuild.oci.reference")),
     Stage("unpack", 1, ("pull",), "flatten the layers (whiteouts applied) into one canonical tar",
           _unpack_doc, _unpack_build, modules=("cmbuild.oci.flatten", "cmbuild.oci.tarutil")),
     Stage("config", 1, ("pull", "unpack"), "the OCI runtime config.json from the image config and [machine]",

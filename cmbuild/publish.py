@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from .faults import checkpoint
 from .store import Store
 
 OUT_DIR = ".cartesi"
@@ -49,10 +50,29 @@ def published_ok(project_dir: Path, name: str, store: Store, digest: str) -> boo
             and marker.read_text().strip() == digest)
 
 
+def _sweep(folder: Path, pattern: str, min_age: float = 60.0) -> None:
+    """Remove what killed builds left behind (temporary names older than ``min_age`` s)."""
+    import time
+    now = time.time()
+    for p in folder.glob(pattern):
+        try:
+            if now - p.lstat().st_mtime < min_age:
+                continue
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink()
+        except OSError:
+            pass
+
+
 def publish(project_dir: Path, name: str, store: Store, digest: str) -> Path:
     """Place the object ``digest`` at ``.cartesi/<name>`` atomically."""
     out = project_dir / OUT_DIR
     out.mkdir(exist_ok=True)
+    _sweep(out, f".{name}.new-*")
+    _sweep(out, f".{name}.old-*")
+    _sweep(out, f".{name}.digest.*")
     obj = store.require(digest)
     dst = out / name
     marker = out / f".{name}.digest"
@@ -67,6 +87,7 @@ def publish(project_dir: Path, name: str, store: Store, digest: str) -> Path:
         if dst.exists() or dst.is_symlink():
             old = out / f".{name}.old-{os.getpid()}"
             os.rename(dst, old)
+        checkpoint("publish tree: before rename")
         os.rename(tmp, dst)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
@@ -75,7 +96,9 @@ def publish(project_dir: Path, name: str, store: Store, digest: str) -> Path:
         if tmp.exists():
             tmp.unlink()
         _link_or_copy(obj, tmp)
+        checkpoint("publish: before replace")
         os.replace(tmp, dst)
+        checkpoint("publish: replaced")
     mtmp = out / f".{name}.digest.{os.getpid()}"
     mtmp.write_text(digest + "\n")
     os.replace(mtmp, marker)
@@ -108,10 +131,12 @@ def write_lock(project_dir: Path, doc: dict[str, Any]) -> bool:
             return False
     except OSError:
         pass
+    _sweep(project_dir, f".{LOCK_NAME}.*")
     tmp = path.with_name(f".{LOCK_NAME}.{os.getpid()}")
     with open(tmp, "w") as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
+    checkpoint("lock: before replace")
     os.replace(tmp, path)
     return True

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
 from .errors import CmbuildError
+from .faults import checkpoint
 
 DIGEST_PREFIX = "sha256:"
 CHUNK = 1 << 20
@@ -123,6 +124,8 @@ class HashingWriter:
         self.size = 0
 
     def write(self, data: bytes) -> int:
+        if self.size == 0:
+            checkpoint("object: first write")
         self._h.update(data)
         self.size += len(data)
         return self._f.write(data)
@@ -183,6 +186,7 @@ class Store:
                 yield w
                 f.flush()
                 os.fsync(f.fileno())
+            checkpoint("object: written, not committed")
             if expect is not None and w.digest != expect:
                 raise CmbuildError(f"content does not match its digest: expected {expect}, "
                                    f"got {w.digest}", hint="the source is corrupt or was altered")
@@ -217,6 +221,7 @@ class Store:
         if dest.exists():
             shutil.rmtree(src)
             return digest
+        checkpoint("tree: before rename")
         for dirpath, _dirs, files in os.walk(src):
             for name in files:
                 p = os.path.join(dirpath, name)
@@ -238,7 +243,9 @@ class Store:
         if dest.exists():
             tmp.unlink()
             return
+        checkpoint("object: before rename")
         os.rename(tmp, dest)
+        checkpoint("object: renamed")
         _fsync_dir(self.objects)
 
     def verify(self, digest: str) -> bool:
@@ -290,7 +297,9 @@ class Store:
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
+        checkpoint("key: before rename")
         os.rename(name, path)
+        checkpoint("key: renamed")
         _fsync_dir(self.keys)
         return rec
 

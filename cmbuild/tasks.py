@@ -43,6 +43,7 @@ def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
 def open_context(path: Path, allow_unpinned: bool = False) -> Context:
     project = load_project(path)
     store = Store(project.cache.dir)
+    store.clean_tmp()
     return Context(project, path.parent, store, allow_unpinned=allow_unpinned,
                    progress=sys.stderr.isatty())
 
@@ -338,8 +339,14 @@ def make_namespace(cfg: str | os.PathLike[str] | None = None, argv: list[str] | 
         print(f"cmbuild: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     tasks = make_tasks(ctx, path)
+    # doit's own state lives in the store, one database per project folder (projects may share
+    # a store); sqlite3 because two builds of one project may finish at the same moment.
+    import hashlib
+    doit_dir = ctx.store.root / "doit"
+    doit_dir.mkdir(exist_ok=True)
+    dep_file = doit_dir / (hashlib.sha256(str(ctx.project_dir).encode()).hexdigest()[:16] + ".sqlite")
     namespace: dict[str, Any] = {
-        "DOIT_CONFIG": {"dep_file": str(ctx.store.root / "doit.db"), "backend": "json",
+        "DOIT_CONFIG": {"dep_file": str(dep_file), "backend": "sqlite3",
                         "default_tasks": _default_tasks(sys.argv[1:] if argv is None else argv),
                         "verbosity": 2, "action_string_formatting": "new"},
     }

@@ -23,15 +23,18 @@ sys.path.insert(0, str(HERE.parent))
 
 from cmbuild import debian  # noqa: E402
 from cmbuild.errors import CmbuildError  # noqa: E402
-from cmbuild.recipes import available_versions, load_runtime_recipe  # noqa: E402
+from cmbuild.recipes import RuntimeRecipe, available_versions, load_runtime_recipe  # noqa: E402
 from cmbuild.store import Store  # noqa: E402
 
 
-def render(version: str, suite: str, arch: str, applets: list[str],
+def render(version: str, suite: str, arch: str, libsystemd: str, applets: list[str],
            pkgs: list[debian.DebPackage], comment: str) -> str:
     lines = [f"# Runtime layer recipe {version}. {comment}",
              "# A recipe version is immutable: write a new one with recipes/pin_runtime.py.",
              f'version = "{version}"', f'suite = "{suite}"', f'architecture = "{arch}"',
+             "# what gives crun libsystemd.so.0: \"stub\" (cmbuild/guest/sdstub, see "
+             "docs/runtime-layer.md) or \"debian\" (pin libsystemd0)",
+             f'libsystemd = "{libsystemd}"',
              "busybox_applets = ["]
     for i in range(0, len(applets), 8):
         lines.append("  " + ", ".join(f'"{a}"' for a in applets[i:i + 8]) + ",")
@@ -64,9 +67,10 @@ def main(argv: list[str] | None = None) -> int:
             [n for n in args.add if n not in {p.name for p in base.packages}]
         store = Store(args.store)
         pkgs = [debian.lookup(store, n, suite=base.suite, arch=base.architecture) for n in names]
-        text = render(args.version, base.suite, base.architecture, base.busybox_applets, pkgs,
+        text = render(args.version, base.suite, base.architecture, base.libsystemd,
+                      base.busybox_applets, pkgs,
                       f"Pinned from Debian {base.suite}/{base.architecture}.")
-        _check_closure(store, pkgs, base.suite, base.architecture)
+        _check_closure(store, base, pkgs)
         if args.stdout:
             sys.stdout.write(text)
         else:
@@ -78,13 +82,16 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def _check_closure(store: Store, pkgs: list[debian.DebPackage], suite: str, arch: str) -> None:
+def _check_closure(store: Store, base: RuntimeRecipe, pkgs: list[debian.DebPackage]) -> None:
+    """Download the new pins and check that crun's libraries are all among them."""
     from cmbuild import elf
-    digests = debian.fetch_debs(store, pkgs, suite=suite, arch=arch)
+    from cmbuild.recipes import PackagePin
+    from cmbuild.stages.runtime import CRUN, prepare_tree
+    new = base.model_copy(update={"packages": [PackagePin(name=p.name, version=p.version,
+                                                          sha256=p.sha256) for p in pkgs]})
     with store.tmpdir("pin-") as tmp:
-        for name, digest in digests.items():
-            debian.extract_deb(store.object_path(digest), tmp / "tree")
-        libs = elf.closure(["usr/bin/crun"], tmp / "tree")
+        prepare_tree(store, new, tmp / "tree")
+        libs = elf.closure([CRUN], tmp / "tree")
         print("crun needs: " + ", ".join(sorted({p.rsplit('/', 1)[-1] for p in libs})),
               file=sys.stderr)
 

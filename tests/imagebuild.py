@@ -174,6 +174,7 @@ def docker_save_legacy(path: Path, image: Image, repo_tag: str) -> None:
     as ``<hex>.json`` and each (uncompressed) layer as ``<id>/layer.tar``."""
     config_name = sha(image.config)[7:] + ".json"
     layer_paths = []
+    first_path: dict[str, str] = {}
     with tarfile.open(path, "w") as tar:
         parent = ""
         for i, layer in enumerate(image.layers):
@@ -183,7 +184,13 @@ def docker_save_legacy(path: Path, image: Image, repo_tag: str) -> None:
             tar.addfile(dir_info)
             _tar_add(tar, f"{layer_id}/VERSION", b"1.0")
             _tar_add(tar, f"{layer_id}/json", dumps({"id": layer_id, "parent": parent or None}))
-            _tar_add(tar, f"{layer_id}/layer.tar", layer.blob)
+            if layer.diff_id in first_path:  # Docker links a repeated layer to the first
+                link = tarfile.TarInfo(f"{layer_id}/layer.tar")
+                link.type, link.linkname = tarfile.SYMTYPE, f"../{first_path[layer.diff_id]}"
+                tar.addfile(link)
+            else:
+                _tar_add(tar, f"{layer_id}/layer.tar", layer.blob)
+                first_path[layer.diff_id] = f"{layer_id}/layer.tar"
             layer_paths.append(f"{layer_id}/layer.tar")
             parent = layer_id
         _tar_add(tar, config_name, image.config)

@@ -82,9 +82,10 @@ HISTORIES: list[tuple[str, list[list[Entry]], dict[Any, Node], list[set[Any]]]] 
      [[D("real"), F("real/f", b"f"), S("link", "real")], [D("link"), F("link/g", b"g")]],
      {"real": ed(), "real/f": ef(b"f"), "link": ed(), "link/g": ef(b"g")}, []),
     ("write_through_symlink",
-     [[D("real"), S("lnk", "real"), S("abs", "/real")], [F("lnk/f", b"f"), F("abs/g", b"g")]],
-     {"real": ed(), "real/f": ef(b"f"), "real/g": ef(b"g"), "lnk": el("real"),
-      "abs": el("/real")}, []),
+     [[D("real"), S("lnk", "real"), D("x"), S("x/abs", "/real"), S("x/up", "../real/")],
+      [F("lnk/f", b"f"), F("x/abs/g", b"g"), F("x/up/h", b"h")]],
+     {"real": ed(), "real/f": ef(b"f"), "real/g": ef(b"g"), "real/h": ef(b"h"),
+      "lnk": el("real"), "x": ed(), "x/abs": el("/real"), "x/up": el("../real/")}, []),
     ("readd_under_deleted_dir",
      [[D("d"), F("d/a"), D("d/s"), F("d/s/b")], [W("d")], [D("d"), F("d/c", b"c"), F("d/s/b", b"2")]],
      {"d": ed(), "d/c": ef(b"c"), "d/s": ed(), "d/s/b": ef(b"2")}, []),
@@ -106,9 +107,11 @@ HISTORIES: list[tuple[str, list[list[Entry]], dict[Any, Node], list[set[Any]]]] 
       "run": ed(), "run/fifo": efifo()}, []),
     ("setuid_sticky_owners",
      [[D("bin"), F("bin/su", b"su", mode=0o4755), F("bin/sg", b"sg", mode=0o2711, gid=42),
-       D("tmp", 0o1777), F("home/u/f", b"u", uid=1000, gid=1000)]],
+       D("tmp", 0o1777), F("home/u/f", b"u", uid=1000, gid=1000),
+       F("big_ids", uid=3_000_000, gid=4_000_000)]],
      {"bin": ed(), "bin/su": ef(b"su", 0o4755), "bin/sg": ef(b"sg", 0o2711, gid=42),
-      "tmp": ed(0o1777), "home": ed(), "home/u": ed(), "home/u/f": ef(b"u", uid=1000, gid=1000)},
+      "tmp": ed(0o1777), "home": ed(), "home/u": ed(), "home/u/f": ef(b"u", uid=1000, gid=1000),
+      "big_ids": ef(uid=3_000_000, gid=4_000_000)},
      []),
     ("xattrs",
      [[F("f", b"x", xattrs={"user.comment": "hello", "security.capability": "cap"}),
@@ -256,6 +259,41 @@ def test_zstd_and_multi_member_gzip_layers(tmp_path: Path) -> None:
         assert out == want
 
 
+def test_input_formats_agree(tmp_path: Path) -> None:
+    """GNU (long names, base-256 ids), ustar (prefix field) and PAX layers, with or without a
+    PAX global header, flatten to the same bytes."""
+    entries = [D("usr"), F("usr/" + "p" * 90 + "/" + "q" * 60, b"deep"),
+               S("usr/" + "l" * 110, "t" * 110), F("usr/ids", b"i", uid=3_000_000, gid=5),
+               F("usr/old", mtime=1234)]
+    outs = set()
+    for fmt in (tarfile.GNU_FORMAT, tarfile.PAX_FORMAT):
+        blob = make_layer(entries, fmt)
+        (tmp_path / f"f{fmt}").write_bytes(blob)
+        outs.add(run_flatten(tmp_path, [LayerInput(tmp_path / f"f{fmt}", sha256(blob))],
+                             mtime_clamp=None)[0])
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT,
+                      pax_headers={"comment": "global"}) as tar:
+        src = tarfile.open(fileobj=io.BytesIO(make_layer(entries)), mode="r:")
+        for member in src:  # a "g" header first, then the same entries
+            tar.addfile(member, src.extractfile(member) if member.isreg() else None)
+    (tmp_path / "g").write_bytes(buf.getvalue())
+    assert b"comment=global" in buf.getvalue()
+    outs.add(run_flatten(tmp_path, [LayerInput(tmp_path / "g", sha256(buf.getvalue()))],
+                         mtime_clamp=None)[0])
+    ustar = [e for e in entries if e.uid < 0o7777777 and len(str(e.target)) < 100]
+    ustar_blob = make_layer(ustar, tarfile.USTAR_FORMAT)
+    (tmp_path / "u").write_bytes(ustar_blob)
+    assert len(outs) == 1
+    tree, _ = read_tar_tree(outs.pop())
+    assert tree[b"usr/ids"] == replace(ef(b"i", uid=3_000_000, gid=5), mtime=1_600_000_000)
+    assert tree[b"usr/old"].mtime == 1234
+    ustar_tree, _ = read_tar_tree(run_flatten(tmp_path, [LayerInput(tmp_path / "u",
+                                                                    sha256(ustar_blob))],
+                                              mtime_clamp=None)[0])
+    assert ustar_tree == {k: v for k, v in tree.items() if b"l" * 110 not in k and k != b"usr/ids"}
+
+
 def test_same_layer_twice_and_big_file(tmp_path: Path) -> None:
     big = os.urandom(3 << 20)
     inputs = write_layers(tmp_path, [[F("big", big)]])
@@ -342,6 +380,10 @@ def _bomb(tmp: Path) -> bytes:
     return gzip.compress(make_layer([F("zeros", bytes(4 << 20))]))
 
 
+def _zstd_bomb(tmp: Path) -> bytes:
+    return compress(make_layer([F("zeros", bytes(4 << 20))]), "zstd")
+
+
 def _tar_truncated_data(tmp: Path) -> bytes:
     return make_layer([F("a", b"x" * 5000), F("b", b"y" * 5000)])[:7000]
 
@@ -364,6 +406,8 @@ HOSTILE_ERR: list[tuple[str, Any, int, list[str]]] = [
     ("parent_is_a_file", [[F("f"), F("f/x")]], 8 << 30, ["'f/x'", "not a directory"]),
     ("symlink_loop", [[S("a", "b"), S("b", "a"), F("a/x")]], 8 << 30, ["'a/x'", "symbolic links"]),
     ("root_replaced", [[S(".", "/etc")]], 8 << 30, ["root directory"]),
+    ("nul_in_name", [[F("x" * 120 + "\0" + "etc/passwd")]], 8 << 30, ["NUL byte", "'xxx"]),
+    ("empty_symlink", [[S("s", "")]], 8 << 30, ["'s'", "empty target"]),
     ("truncated_gzip", _gz_truncated, 8 << 30, ["truncated gzip"]),
     ("gzip_trailing_garbage", _gz_garbage, 8 << 30, ["garbage after gzip"]),
     ("zstd_trailing_garbage", _zstd_garbage, 8 << 30, ["garbage after zstd"]),
@@ -373,6 +417,8 @@ HOSTILE_ERR: list[tuple[str, Any, int, list[str]]] = [
      ["truncated tar header", "after entry 'a'"]),
     ("bad_checksum", _tar_bad_checksum, 8 << 30, ["checksum", "at start"]),
     ("bomb", _bomb, 1 << 20, ["more than 1048576 bytes", "decompression bomb"]),
+    ("zstd_bomb", _zstd_bomb, 1 << 20, ["more than 1048576 bytes"]),
+    ("over_small_limit", [[F("a", bytes(4 << 10))]], 2048, ["more than 2048 bytes"]),
 ]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -13,7 +14,7 @@ from cmbuild.errors import CmbuildError
 from cmbuild.oci.pull import pull
 from cmbuild.store import Store
 
-from imagebuild import Image, Layout, make_image, make_layer, sha
+from imagebuild import Image, Layer, Layout, make_image, make_layer, sha
 from registry_fixtures import (BASIC_PASSWORD, BASIC_USER, BlobHost, Fault, FaultProxy,
                                Registry, isolated_docker_config)  # noqa: F401
 
@@ -25,7 +26,7 @@ def store(tmp_path: Path) -> Store:
     return Store(tmp_path / "store")
 
 
-def big_layer(seed: bytes) -> object:
+def big_layer(seed: bytes) -> Layer:
     # incompressible enough to make a blob of a few hundred KiB
     return make_layer({"data/blob": os.urandom(300_000) + seed}, how="gzip")
 
@@ -39,7 +40,7 @@ def pushed(reg: Registry, tmp: Path, repo: str) -> Image:
 
 
 @pytest.fixture
-def proxy(pull_registry: Registry) -> FaultProxy:
+def proxy(pull_registry: Registry) -> Iterator[FaultProxy]:
     p = FaultProxy(pull_registry.port)
     yield p
     p.close()

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from cmbuild.errors import CmbuildError
+from cmbuild.oci.dockersave import TarFiles
 from cmbuild.oci.pull import pull
 from cmbuild.store import Store, sha256_file
 
@@ -156,6 +157,23 @@ def test_docker_save_legacy(tmp_path: Path, store: Store) -> None:
 
     with pytest.raises(CmbuildError, match="no image tagged 'other:1'.*example.com/app:1.0"):
         pull(store, ref="other:1", digest=None, path=tarball, progress=False)
+
+
+def test_docker_save_legacy_repeated_layer_is_a_symlink(tmp_path: Path, store: Store) -> None:
+    empty = make_layer({}, how=None)
+    image = make_image([empty, make_layer({"x": b"x"}, how=None), empty])
+    tarball = tmp_path / "legacy.tar"
+    docker_save_legacy(tarball, image, "app:1")
+    record = store.read_json(pull(store, ref="app:1", digest=None, path=tarball,
+                                  progress=False))
+    assert [x["digest"] for x in record["layers"]] == [x.diff_id for x in image.layers]
+    # the link is read through (within the tar) when the layer is not in the store yet
+    files = TarFiles(tarball)
+    linked = json.loads(files.tar.extractfile("manifest.json").read())[0]["Layers"][2]
+    assert files.tar.getmember(linked).issym()
+    with files.open(linked) as f:
+        assert f.read() == empty.blob
+    files.close()
 
 
 def test_docker_save_legacy_layer_must_match_diff_id(tmp_path: Path, store: Store) -> None:

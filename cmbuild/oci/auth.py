@@ -183,7 +183,9 @@ class Authenticator:
             raise CmbuildError("the token server's answer has no token",
                                where=f"{self.registry} ({realm})")
         expires_in = doc.get("expires_in")
-        life = float(expires_in) if isinstance(expires_in, (int, float)) and expires_in > 0 else 60.0
+        life = 60.0
+        if isinstance(expires_in, (int, float)) and expires_in > 0:
+            life = float(expires_in)
         tok = (token, time.monotonic() + max(life - _EARLY_REFRESH, life / 2))
         self._tokens[scope] = tok
         return tok

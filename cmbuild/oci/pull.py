@@ -103,32 +103,35 @@ def resolve_image(store: Store, source: ImageSource, want: Platform,
     return index_digest, digest, manifest.config.digest, manifest.layers, diff_ids, top_digest
 
 
+def _pull_layout(store: Store, source: LayoutSource, want: Platform, platform: str,
+                 progress: bool) -> dict:
+    index, manifest, config, layers, diff_ids, top = resolve_image(store, source, want, progress)
+    return image_record(platform, index, manifest, config, layers, diff_ids,
+                        source.ref, source.digest or top)
+
+
 def _pull_path(store: Store, path: Path, ref: str | None, digest: str | None,
                want: Platform, platform: str, progress: bool) -> dict:
+    """An OCI layout directory, or a docker save tarball in either form."""
     if path.is_dir():
-        source = LayoutSource(DirFiles(path), ref, digest)
-    elif path.is_file():
-        files = TarFiles(path)
-        try:
-            if is_oci_tar(files):
-                source = LayoutSource(files, ref, digest)
-                index, manifest, config, layers, diff_ids, top = resolve_image(
-                    store, source, want, progress)
-                return image_record(platform, index, manifest, config, layers, diff_ids,
-                                    ref, digest or top)
-            if not files.exists("manifest.json"):
-                raise CmbuildError("neither an OCI image layout nor a docker save tarball "
-                                   "(no index.json, no manifest.json)", where=str(path))
-            manifest, config, layers, diff_ids = pull_legacy(store, files, ref, digest, want)
-            return image_record(platform, None, manifest, config, layers, diff_ids,
-                                ref, digest or manifest)
-        finally:
-            files.close()
-    else:
+        return _pull_layout(store, LayoutSource(DirFiles(path), ref, digest), want, platform,
+                            progress)
+    if not path.is_file():
         raise CmbuildError("no such file or directory", where=str(path),
                            hint="give an OCI layout directory or a docker save tarball")
-    index, manifest, config, layers, diff_ids, top = resolve_image(store, source, want, progress)
-    return image_record(platform, index, manifest, config, layers, diff_ids, ref, digest or top)
+    files = TarFiles(path)
+    try:
+        if is_oci_tar(files):
+            return _pull_layout(store, LayoutSource(files, ref, digest), want, platform,
+                                progress)
+        if not files.exists("manifest.json"):
+            raise CmbuildError("neither an OCI image layout nor a docker save tarball "
+                               "(no index.json, no manifest.json)", where=str(path))
+        manifest, config, layers, diff_ids = pull_legacy(store, files, ref, digest, want)
+        return image_record(platform, None, manifest, config, layers, diff_ids,
+                            ref, digest or manifest)
+    finally:
+        files.close()
 
 
 def pull(store: Store, *, ref: str | None, digest: str | None, path: Path | None,
@@ -140,9 +143,12 @@ def pull(store: Store, *, ref: str | None, digest: str | None, path: Path | None
          "config": digest, "layers": [{"digest", "mediaType", "size"}], "diff_ids": [...],
          "source": {"ref": ..., "digest": ...}}
 
-    With ``path``: an OCI layout directory or a docker save tarball (``ref`` and ``digest``
-    pick the image inside). Otherwise ``ref`` names a registry image; ``digest`` pins it (an
-    index or manifest digest). A ref without a digest is refused unless ``allow_unpinned``.
+    With ``path``: an OCI layout directory or a docker save tarball; ``ref`` picks the image
+    inside by name (``org.opencontainers.image.ref.name``, ``io.containerd.image.name`` or a
+    legacy ``RepoTags`` entry) and ``digest`` by digest (for a legacy docker save tarball:
+    the image ID, i.e. the config digest). Otherwise ``ref`` names a registry image;
+    ``digest`` pins it (an index or manifest digest). A ref without a digest is refused
+    unless ``allow_unpinned``; then the digest used is said on stderr.
     """
     want = parse_platform(platform)
     if digest is not None:

@@ -203,7 +203,7 @@ class RegistryClient:
         breaks = 0
         with store.writer() as w:
             while True:
-                headers = {}
+                headers = {"Range": f"bytes={w.size}-"} if w.size else {}
                 r = self.request("GET", url, repository, headers, stream=True)
                 with r:
                     if w.size and r.status_code == 416 and w.size == desc.size:

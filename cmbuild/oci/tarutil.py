@@ -18,7 +18,6 @@ import os
 from dataclasses import dataclass, field
 from typing import BinaryIO, Iterator
 
-from ..errors import CmbuildError
 
 BLOCK = 512
 COPY_CHUNK = 1 << 20
@@ -90,7 +89,7 @@ def _checksum_ok(block: bytes) -> bool:
         want = int(stored, 8) if stored else -1
     except ValueError:
         return False
-    unsigned = sum(block[:148]) + 8 * 32 + sum(block[156:])
+    unsigned = sum(block) - sum(block[148:156]) + 8 * 32
     if unsigned == want:
         return True
     signed = sum(b - 256 if b > 127 else b for b in block[:148] + block[156:]) + 8 * 32
@@ -214,6 +213,8 @@ def iter_tar(fd: int, size: int) -> Iterator[TarEntry]:
                     pax, name, linkname, entry_size, uid, gid, mtime, xattrs)
             except (ValueError, UnicodeDecodeError):
                 raise TarFormatError("bad numeric value in PAX header", name) from None
+        if b"\0" in name or b"\0" in linkname:
+            raise TarFormatError("NUL byte in a name or link target", name.split(b"\0")[0])
         if typeflag == AREG and name.endswith(b"/"):
             typeflag = DIR
         has_data = typeflag not in HEADER_ONLY

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import stat
+import subprocess
 import sys
 import tarfile
 from dataclasses import dataclass
@@ -29,7 +31,7 @@ from typing import Iterable
 from .. import debian, drives, elf
 from ..errors import CmbuildError
 from ..recipes import RuntimeRecipe
-from ..store import Store, stage_key
+from ..store import Store, sha256_bytes, stage_key
 
 STAGE = "runtime"
 STAGE_VERSION = 1
@@ -63,19 +65,92 @@ class Entry:
         return f"{self.kind} {self.mode:04o}"
 
 
-def runtime_key(recipe: RuntimeRecipe, init_digest: str, compression: str) -> str:
-    """The stage key of a runtime layer build."""
+def runtime_key(recipe: RuntimeRecipe, init_digest: str, compression: str,
+                extra: dict[str, str] | None = None) -> str:
+    """The stage key of a runtime layer build (``extra``: the stub's digest, if any)."""
     return stage_key(STAGE, STAGE_VERSION,
                      {"recipe": recipe.version, "recipe_sha256": recipe.sha256,
                       "compression": compression},
-                     {"init": init_digest})
+                     {"init": init_digest, **(extra or {})})
 
 
-def _unpack(store: Store, recipe: RuntimeRecipe, tree: Path) -> None:
+# ----- the libsystemd stub (recipe: libsystemd = "stub") -------------------------------------
+
+SDSTUB_DIR = Path(__file__).resolve().parent.parent / "guest" / "sdstub"
+SDSTUB_SOURCES = ("sdstub.c", "libsystemd.map")
+SDSTUB_VERSION = 1
+SDSTUB_FLAGS = ["-Os", "-s", "-shared", "-fPIC", "-nostdlib", "-ffreestanding", "-fno-ident",
+                "-fvisibility=hidden", "-Wall", "-Wextra", "-Werror", "-Wl,--build-id=none",
+                "-Wl,--hash-style=gnu", "-Wl,-z,noexecstack", "-Wl,-soname,libsystemd.so.0",
+                "-Wl,--version-script=libsystemd.map"]
+SDSTUB_PATH = "usr/lib/riscv64-linux-gnu/libsystemd.so.0"
+
+
+def _toolchain() -> str:
+    """Identity of the cross toolchain (compiler and linker version lines), for stage keys."""
+    from ..guest.build import CC, compiler_version
+    ld = CC.replace("-gcc", "-ld")
+    try:
+        p = subprocess.run([ld, "--version"], capture_output=True, text=True,
+                           env={"PATH": os.environ.get("PATH", ""), "LC_ALL": "C"})
+        ld_line = (p.stdout.splitlines() or ["unknown"])[0].strip()
+    except OSError:
+        ld_line = "absent"
+    return f"{compiler_version()}; {ld_line}"
+
+
+def build_sdstub(store: Store) -> str:
+    """Compile cmbuild's libsystemd stub (``cmbuild/guest/sdstub``) for riscv64; return the
+    store digest of the library. Keyed by its sources and the toolchain."""
+    from ..guest.build import CC
+    sources = {name: (SDSTUB_DIR / name).read_bytes() for name in SDSTUB_SOURCES}
+    key = stage_key("sdstub", SDSTUB_VERSION, {"flags": SDSTUB_FLAGS},
+                    {**{n: sha256_bytes(b) for n, b in sources.items()},
+                     "toolchain": _toolchain()})
+    with store.key_lock(key):
+        rec = store.get_key(key)
+        if rec is not None:
+            return rec.output
+        cc = shutil.which(CC)
+        if cc is None:
+            raise CmbuildError(f"the riscv64 cross compiler '{CC}' is not installed "
+                               "(needed for the libsystemd stub)",
+                               hint="install Debian's gcc-riscv64-linux-gnu")
+        with store.tmpdir("sdstub-") as work:
+            for name, data in sources.items():
+                (work / name).write_bytes(data)
+            p = subprocess.run([cc, *SDSTUB_FLAGS, f"-ffile-prefix-map={work}=.",
+                                "-o", "libsystemd.so.0", "sdstub.c"], cwd=work,
+                               capture_output=True, text=True,
+                               env={"PATH": os.environ.get("PATH", ""), "LC_ALL": "C",
+                                    "TZ": "UTC"})
+            if p.returncode != 0:
+                raise CmbuildError(f"compiling the libsystemd stub failed (exit "
+                                   f"{p.returncode}):\n{p.stderr.strip()[-2000:]}",
+                                   where=str(SDSTUB_DIR))
+            digest = store.add_file(work / "libsystemd.so.0")
+        store.put_key(key, "sdstub", digest, {})
+        return digest
+
+
+def prepare_tree(store: Store, recipe: RuntimeRecipe, tree: Path) -> dict[str, str]:
+    """Unpack the recipe's packages into ``tree`` (and the libsystemd stub when the recipe
+    asks for it). Returns the digests of what went in besides the pinned packages."""
     digests = debian.fetch_debs(store, recipe.debs(), suite=recipe.suite,
                                 arch=recipe.architecture)
     for name in sorted(digests):
         debian.extract_deb(store.object_path(digests[name]), tree)
+    extra: dict[str, str] = {}
+    if recipe.libsystemd == "stub":
+        stub = build_sdstub(store)
+        dest = tree / SDSTUB_PATH
+        if dest.exists() or dest.is_symlink():
+            raise CmbuildError(f"a package of the recipe provides /{SDSTUB_PATH}, which the "
+                               "stub replaces", where=str(recipe.path))
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(store.object_path(stub), dest)
+        extra["sdstub"] = stub
+    return extra
 
 
 def _parents(path: str) -> Iterable[str]:
@@ -206,7 +281,7 @@ def runtime_contents(recipe: RuntimeRecipe, store: Store,
     ``"symlink <target>"``. Without ``init_digest`` the init is taken to be a static program."""
     with store.tmpdir("runtime-contents-") as tmp:
         tree = tmp / "tree"
-        _unpack(store, recipe, tree)
+        prepare_tree(store, recipe, tree)
         if init_digest is None:
             init = tree / BUSYBOX  # any static riscv64 program: the listing is the same
             init_digest = "static"
@@ -222,14 +297,16 @@ def build_runtime(store: Store, recipe: RuntimeRecipe, *, init_digest: str,
         raise CmbuildError(f"unknown compression {compression!r}; choose one of "
                            f"{', '.join(drives.COMPRESSIONS)}")
     init = store.require(init_digest, "init program")
-    key = runtime_key(recipe, init_digest, compression)
+    extra = {"sdstub": build_sdstub(store)} if recipe.libsystemd == "stub" else {}
+    key = runtime_key(recipe, init_digest, compression, extra)
     with store.key_lock(key):
         rec = store.get_key(key)
         if rec is not None:
             return rec.output
         with store.tmpdir("runtime-") as tmp:
             tree = tmp / "tree"
-            _unpack(store, recipe, tree)
+            if prepare_tree(store, recipe, tree) != extra:
+                raise CmbuildError("the libsystemd stub changed during the build")
             entries = _entries(recipe, tree, init, init_digest)
             tar_path = tmp / "layer.tar"
             write_tar(entries, tar_path)
