@@ -327,7 +327,7 @@ HOSTILE_OK: list[tuple[str, list[list[Entry]], dict[Any, Node]]] = [
 
 
 def _files_outside(root: Path, scratch_names: set[str]) -> set[str]:
-    found = set()
+    found: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(root):
         rel = os.path.relpath(dirpath, root)
         if rel.split(os.sep)[0] in scratch_names:
