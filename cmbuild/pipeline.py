@@ -347,8 +347,12 @@ def _runtime_doc(ctx: Context) -> tuple[Any, dict[str, Any]]:
     r = ctx.project.runtime
     recipe_file = recipes_root() / "runtime" / f"{r.version}.toml"
     _runtime_recipe(ctx)  # validates, and names the versions available when it does not exist
-    return ({"compression": r.compression, "version": r.version},
-            {"recipe": sha256_file(recipe_file), "init": ctx.output("init")})
+    from .guest import build as gb
+    sdstub = Path(gb.__file__).resolve().parent / "sdstub"
+    stub = {p.name: sha256_file(p) for p in sorted(sdstub.iterdir()) if p.is_file()} if sdstub.is_dir() else {}
+    return ({"compression": r.compression, "version": r.version,
+             "compiler": ctx.memo("cc", gb.compiler_version)},
+            {"recipe": sha256_file(recipe_file), "init": ctx.output("init"), "sdstub": stub})
 
 
 def _runtime_build(ctx: Context) -> tuple[str, dict[str, Any]]:

@@ -212,7 +212,7 @@ def machine(store_session) -> dict:
     init = build_init(s)
     layer = build_runtime(s, load_runtime_recipe(RECIPES_ROOT, "0.1.0"), init_digest=init,
                           compression="none", quiet=True)
-    return {"kernel": k["kernel"], "initrd": k["initrd"], "cmdline": k["cmdline"],
+    return {"kernel": k.kernel, "initrd": k.initrd, "cmdline": k.cmdline,
             "root": Drive("root", s.object_path(layer))}
 
 

@@ -17,7 +17,8 @@ import pytest
 from cmbuild import debian, drives, elf
 from cmbuild.errors import CmbuildError
 from cmbuild.recipes import RECIPES_ROOT, load_runtime_recipe
-from cmbuild.stages.runtime import SIZE_TARGET, build_runtime, runtime_contents
+from cmbuild.stages.runtime import (SDSTUB_PATH, SIZE_TARGET, build_runtime, build_sdstub,
+                                    prepare_tree, runtime_contents)
 from cmbuild.store import Store
 
 VERSION = "0.1.0"
@@ -84,11 +85,8 @@ def recipe():
 
 @pytest.fixture(scope="module")
 def tree(store: Store, recipe, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    digests = debian.fetch_debs(store, recipe.debs(), suite=recipe.suite,
-                                arch=recipe.architecture)
     out = tmp_path_factory.mktemp("pkgs")
-    for d in digests.values():
-        debian.extract_deb(store.object_path(d), out)
+    prepare_tree(store, recipe, out)
     return out
 
 
@@ -217,3 +215,84 @@ def test_lz4_layer(store: Store, recipe, init: str, layer) -> None:
     with tarfile.open(fileobj=io.BytesIO(data)) as t:
         names = {m.name.lstrip("./").rstrip("/") for m in t.getmembers()} - {""}
     assert names == set(layer[1])
+
+
+# ----- the libsystemd stub ---------------------------------------------------------------------
+
+def _readelf() -> str | None:
+    return shutil.which("riscv64-linux-gnu-readelf") or shutil.which("readelf")
+
+
+def _versioned(readelf: str, path: Path, defined: bool) -> set[str]:
+    """``name@VERSION`` of a file's dynamic symbols: undefined ones (imports) or defined ones."""
+    out = subprocess.run([readelf, "--dyn-syms", "-W", str(path)], capture_output=True,
+                         text=True, check=True).stdout
+    got = set()
+    for line in out.splitlines():
+        f = line.split()
+        if len(f) < 8 or f[3] not in ("FUNC", "OBJECT"):
+            continue
+        if (f[6] != "UND") == defined:
+            got.add(f[7].replace("@@", "@"))
+    return got
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_readelf() is None, reason="readelf is not installed")
+def test_sdstub_defines_every_symbol_crun_imports(store: Store, tree: Path) -> None:
+    if load_runtime_recipe(RECIPES_ROOT, VERSION).libsystemd != "stub":
+        pytest.skip("the recipe ships Debian's libsystemd")
+    readelf = _readelf()
+    assert readelf is not None
+    stub = store.object_path(build_sdstub(store))
+    imports = {s for s in _versioned(readelf, tree / "usr/bin/crun", defined=False)
+               if "@LIBSYSTEMD_" in s}
+    assert len(imports) >= 10  # sd_bus_*, sd_notify*, sd_journal_send_with_location
+    assert imports <= _versioned(readelf, stub, defined=True)
+    assert elf.needed(stub) == [] and elf.soname(stub) == "libsystemd.so.0"
+    assert (tree / SDSTUB_PATH).read_bytes() == stub.read_bytes()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("qemu-riscv64-static") is None,
+                    reason="qemu-riscv64-static (qemu-user-static) is not installed")
+def test_crun_binds_against_the_layer(layer, store: Store, tmp_path: Path) -> None:
+    """The dynamic loader of the layer resolves every symbol of crun, versions included,
+    against the layer's libraries (``ldd -r`` under qemu-user, with the layer as /)."""
+    root = tmp_path / "root"
+    with tarfile.open(fileobj=io.BytesIO(layer[2])) as t:
+        if hasattr(tarfile, "tar_filter"):
+            t.extractall(root, filter="tar")
+        else:  # pragma: no cover (Python < 3.11.4)
+            t.extractall(root)
+    p = subprocess.run(["qemu-riscv64-static", "-L", str(root), "-E", "LD_TRACE_LOADED_OBJECTS=1",
+                        "-E", "LD_BIND_NOW=1", "-E", "LD_WARN=yes", str(root / "usr/bin/crun")],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "undefined symbol" not in p.stdout + p.stderr
+    assert "not found" not in p.stdout + p.stderr
+    assert "libsystemd.so.0 => /lib/riscv64-linux-gnu/libsystemd.so.0" in p.stdout
+
+
+@pytest.mark.slow
+def test_debian_libsystemd_variant(store: Store, init: str, tmp_path: Path) -> None:
+    """``libsystemd = "debian"``: Debian's libsystemd0 (and the libm it needs) instead of the
+    stub; still within the size target."""
+    text = (RECIPES_ROOT / "runtime" / f"{VERSION}.toml").read_text()
+    if 'libsystemd = "stub"' not in text:
+        pytest.skip("the recipe already ships Debian's libsystemd")
+    root = _recipe_copy(tmp_path, ('libsystemd = "stub"', 'libsystemd = "debian"'))
+    pin = debian.lookup(store, "libsystemd0", suite="trixie", arch="riscv64")
+    path = root / "runtime" / f"{VERSION}.toml"
+    path.write_text(path.read_text() + f'\n[[package]]\nname = "libsystemd0"\n'
+                    f'version = "{pin.version}"\nsha256 = "{pin.sha256}"\n')
+    recipe = load_runtime_recipe(root, VERSION)
+    listing = runtime_contents(recipe, store)
+    assert listing[f"/{MA}/libsystemd.so.0"].startswith("symlink libsystemd.so.0.")
+    assert f"/{MA}/libm.so.6" in listing
+    digest = build_runtime(store, recipe, init_digest=init, quiet=True)
+    assert store.object_path(digest).stat().st_size <= SIZE_TARGET
+    # a stub recipe that also pins libsystemd0 is refused
+    path.write_text(path.read_text().replace('libsystemd = "debian"', 'libsystemd = "stub"'))
+    with pytest.raises(CmbuildError, match="replaces package libsystemd0"):
+        load_runtime_recipe(root, VERSION)

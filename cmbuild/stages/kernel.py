@@ -1,8 +1,17 @@
 """The kernel stage: the kernel (and, for QEMU, the boot initramfs) each machine boots.
 
-Output (the stage's output digest is the digest of this JSON object in the store)::
+Output (the stage's output digest):
 
-    {"machine": "qemu"|"cartesi", "kernel": <digest>, "initrd": <digest>|null, "cmdline": [...]}
+- qemu: a JSON object in the store (read it with :func:`kernel_files` or ``store.read_json``)::
+
+      {"machine": "qemu", "kernel": <digest>, "initrd": <digest>, "cmdline": [...],
+       "kernel_release": "...", "modules": [...], "builtin_modules": [...]}
+
+- cartesi: the RAM image file itself (what ``cartesi-machine --ram-image`` takes).
+
+Recipes: ``recipes/kernel/<name>.toml``; each machine has a default (:data:`DEFAULT_KERNELS`).
+:func:`build_kernel` ``(store, recipes_root, machine)`` builds the default of a machine;
+:func:`build_from_recipe` builds any loaded :class:`~cmbuild.recipes.KernelRecipe`.
 
 - ``qemu``: Debian's riscv64 kernel package, pinned by a recipe
   (``recipes/kernel/qemu-<debian version>.toml``). Its ``/boot/vmlinux-*`` is a raw RISC-V
@@ -32,13 +41,38 @@ from typing import BinaryIO, Iterable
 
 from ..debian import extract_deb, fetch_debs
 from ..errors import CmbuildError
-from ..guest.build import build_shim
-from ..recipes import KernelRecipe
+from ..guest.build import GUEST_DIR, SOURCES, build_shim
+from ..recipes import KernelRecipe, load_kernel_recipe
 from ..store import Store, sha256_file, stage_key
 
 STAGE = "kernel"
 STAGE_VERSION = 1
 DOWNLOAD_TIMEOUT = 60.0  # seconds without data before a download is abandoned
+DEFAULT_KERNELS = {"qemu": "qemu-6.12.117-1", "cartesi": "cartesi-v0.21.0"}
+
+
+def recipe_path(root: Path, machine: str, name: str | None = None) -> Path:
+    """The recipe file of kernel ``name`` (default: the machine's default kernel)."""
+    if machine not in DEFAULT_KERNELS:
+        raise CmbuildError(f"no kernel for machine {machine!r}; machines: "
+                           f"{', '.join(DEFAULT_KERNELS)}")
+    return Path(root) / "kernel" / f"{name or DEFAULT_KERNELS[machine]}.toml"
+
+
+def load_machine_recipe(root: Path, machine: str, name: str | None = None) -> KernelRecipe:
+    """Load the kernel recipe of ``machine`` (its default, or ``name``) and check that it is
+    a recipe for that machine."""
+    recipe_path(root, machine, name)  # validates the machine
+    recipe = load_kernel_recipe(Path(root), name or DEFAULT_KERNELS[machine])
+    if recipe.machine != machine:
+        raise CmbuildError(f"kernel recipe {recipe.version} is for machine {recipe.machine}, "
+                           f"not {machine}", where=str(recipe.path))
+    return recipe
+
+
+def shim_sources() -> list[Path]:
+    """The source files of the boot shim (their digests belong in the qemu kernel's key)."""
+    return [GUEST_DIR / SOURCES["shim"]]
 
 
 # ----- newc cpio ------------------------------------------------------------------------------
@@ -334,12 +368,9 @@ def fetch_url(store: Store, url: str, sha256: str, *, timeout: float = DOWNLOAD_
     return w.digest
 
 
-def _cartesi_output(store: Store, kernel: str) -> str:
-    return store.add_json({"machine": "cartesi", "kernel": kernel, "initrd": None, "cmdline": []})
-
-
 def build_cartesi_kernel(store: Store, recipe: KernelRecipe) -> str:
-    """The cartesi kernel stage from a ``machine = "cartesi"`` recipe (download + verify)."""
+    """The cartesi kernel stage from a ``machine = "cartesi"`` recipe (download + verify);
+    the output is the RAM image's digest."""
     if recipe.machine != "cartesi" or not recipe.url:
         raise CmbuildError(f"recipe {recipe.version} is not a cartesi kernel recipe")
     key = stage_key(STAGE, STAGE_VERSION, {"machine": "cartesi", "source": "url"},
@@ -348,15 +379,14 @@ def build_cartesi_kernel(store: Store, recipe: KernelRecipe) -> str:
         rec = store.get_key(key)
         if rec is not None:
             return rec.output
-        kernel = fetch_url(store, recipe.url, recipe.file_sha256)
-        out = _cartesi_output(store, kernel)
+        out = fetch_url(store, recipe.url, recipe.file_sha256)
         store.put_key(key, STAGE, out, {"recipe": recipe.version, "url": recipe.url})
         return out
 
 
 def build_kernel_from_file(store: Store, path: Path) -> str:
-    """The cartesi kernel stage from a local RAM image (``ram_image``): stored as it is; its
-    sha256 is the stage's input."""
+    """The cartesi kernel stage from a local RAM image (``ram_image``): stored as it is (the
+    output is its digest); its sha256 is the stage's input."""
     path = Path(path)
     if not path.is_file():
         raise CmbuildError("the kernel RAM image is not a file", where=str(path))
@@ -367,22 +397,36 @@ def build_kernel_from_file(store: Store, path: Path) -> str:
         rec = store.get_key(key)
         if rec is not None:
             return rec.output
-        kernel = store.add_file(path, expect=digest)
-        out = _cartesi_output(store, kernel)
+        out = store.add_file(path, expect=digest)
         store.put_key(key, STAGE, out, {"file": path.name})
         return out
 
 
-def build_kernel(store: Store, recipe: KernelRecipe) -> str:
+def build_from_recipe(store: Store, recipe: KernelRecipe) -> str:
     """The kernel stage for whichever machine the recipe is for."""
     if recipe.machine == "qemu":
         return build_qemu_kernel(store, recipe)
     return build_cartesi_kernel(store, recipe)
 
 
-def kernel_files(store: Store, output: str) -> dict[str, object]:
-    """Read a kernel stage output: paths of kernel and initrd in the store, and the cmdline."""
+def build_kernel(store: Store, root: Path, machine: str, name: str | None = None) -> str:
+    """The kernel stage of ``machine`` from its default recipe under ``root`` (or ``name``)."""
+    return build_from_recipe(store, load_machine_recipe(root, machine, name))
+
+
+@dataclass(frozen=True)
+class QemuKernel:
+    """A qemu kernel stage output, resolved to files in the store."""
+
+    kernel: Path
+    initrd: Path
+    cmdline: list[str]
+
+
+def kernel_files(store: Store, output: str) -> QemuKernel:
+    """Read a qemu kernel stage output: the kernel and initrd files and the cmdline words."""
     doc = store.read_json(output)
-    return {"machine": doc["machine"], "kernel": store.require(doc["kernel"], "kernel"),
-            "initrd": store.require(doc["initrd"], "initrd") if doc.get("initrd") else None,
-            "cmdline": list(doc.get("cmdline", []))}
+    if not isinstance(doc, dict) or doc.get("machine") != "qemu":
+        raise CmbuildError(f"{output} is not the output of a qemu kernel stage")
+    return QemuKernel(store.require(doc["kernel"], "kernel"), store.require(doc["initrd"], "initrd"),
+                      list(doc.get("cmdline", [])))

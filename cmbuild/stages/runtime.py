@@ -10,7 +10,9 @@ It holds exactly (Debian's merged-/usr layout, ``/bin``, ``/sbin`` and ``/lib`` 
     /bin/busybox + applet links    busybox-static, and one symlink per recipe applet
     /proc /sys /dev /run /tmp /mnt empty mount points (the init puts everything dynamic on /run)
 
-and nothing else. The packages come pinned from the recipe; the layer is written as one canonical
+and nothing else. With ``libsystemd = "stub"`` in the recipe, crun's libsystemd.so.0 is cmbuild's
+5 kB stub (``cmbuild/guest/sdstub``, built by :func:`build_sdstub`) instead of Debian's
+libsystemd0, which also drops libm from the closure: see docs/runtime-layer.md. The packages come pinned from the recipe; the layer is written as one canonical
 tar (sorted, owner 0:0, mtime 0, PAX) and turned into a squashfs by :mod:`cmbuild.drives`, so
 the same recipe and init give the same bytes on any machine.
 """
@@ -208,7 +210,9 @@ def _entries(recipe: RuntimeRecipe, tree: Path, init: Path, init_digest: str) ->
             add(Entry(rel, "symlink", 0o777, "libraries", target=os.readlink(src)))
         else:
             mode = 0o755 if src.stat().st_mode & 0o111 else 0o644
-            add(Entry(rel, "file", mode, "libraries", source=src))
+            part = "libsystemd.so.0 (stub)" if (recipe.libsystemd == "stub"
+                                                and rel == SDSTUB_PATH) else "libraries"
+            add(Entry(rel, "file", mode, part, source=src))
     for link, target in MERGED_USR.items():
         add(Entry(link, "symlink", 0o777, "layout", target=target))
     for d in MOUNT_POINTS:
