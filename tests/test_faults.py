@@ -38,6 +38,9 @@ def test_sigkill_at_every_crash_point_then_rebuild(tmp_path: Path) -> None:
         assert (proj / ".cartesi" / "app.sqfs").read_bytes() == (ref / ".cartesi" / "app.sqfs").read_bytes()
         assert "0 corrupt" in cmbuild(proj, "verify").stderr
     assert kills >= 20
+    report = os.environ.get("CMBUILD_RELIABILITY_DIR")
+    if report:   # scripts/reliability_report.py collects this for docs/reliability.md
+        Path(report, "kills.json").write_text(json.dumps({"points": labels, "kills": kills}))
 
 
 def test_killed_again_and_again_while_resuming(tmp_path: Path) -> None:
