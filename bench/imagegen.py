@@ -144,8 +144,8 @@ class LayoutWriter:
         return Layer("sha256:" + gz_h.hexdigest(), "sha256:" + raw_h.hexdigest(),
                      (self.blobs / gz_h.hexdigest()).stat().st_size, raw_size)
 
-    def add_image(self, tag: str, layers: list[Layer], label: str = "") -> str:
-        config = {"architecture": "riscv64", "os": "linux",
+    def add_image(self, tag: str, layers: list[Layer], label: str = "", created: str = "") -> str:
+        config = {"architecture": "riscv64", "os": "linux", **({"created": created} if created else {}),
                   "config": {"Cmd": ["/bin/sh", "-c", "echo hello"], "Env": ["PATH=/usr/bin:/bin"],
                              "WorkingDir": "/", **({"Labels": {"bench.label": label}} if label else {})},
                   "rootfs": {"type": "layers", "diff_ids": [x.diff_id for x in layers]},

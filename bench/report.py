@@ -125,7 +125,9 @@ def write(res: Any, out: Path) -> None:
     w("")
     if res.incremental:
         w("On the large image from the registry, after a full build, one change at a time "
-          "(`cmbuild app`; stage times from cmbuild's `built ... in X s` lines, 0.1 s resolution):")
+          "(`cmbuild app`; stage times from cmbuild's `built ... in X s` lines, 0.1 s resolution). "
+          "Each change starts from the base image and uses a value never built before (a stage "
+          "whose new key is already in the store is only *restored*: re-published, not rebuilt).")
         w("")
         w("| change | stages run | up to date | pull | unpack | config | app | total wall |")
         w("|---|---|---|---|---|---|---|---|")
@@ -133,7 +135,9 @@ def write(res: Any, out: Path) -> None:
             runs = case["runs"]
             if not runs:
                 continue
-            w(f"| {case['case']} | {', '.join(runs[-1]['ran']) or '—'} | {', '.join(runs[-1]['uptodate']) or '—'} | "
+            verbs = runs[-1].get("verbs", {})
+            ran_s = ", ".join(n + (" (restored)" if verbs.get(n) == "restored" else "") for n in runs[-1]["ran"])
+            w(f"| {case['case']} | {ran_s or '—'} | {', '.join(runs[-1]['uptodate']) or '—'} | "
               + " | ".join(_stage_fmt(runs, s) for s in ("pull", "unpack", "config", "app"))
               + f" | {fmt([r['wall'] for r in runs])} |")
         w("")
@@ -187,11 +191,29 @@ def write(res: Any, out: Path) -> None:
               "the bundle tar (`pipeline.bundle_tar`, Python, a full copy of the rootfs tar on disk) and "
               "`mksquashfs -tar` as cmbuild runs it (`-processors 1`), and with all processors:")
             w("")
-            w("| image | bundle tar | mksquashfs -tar, 1 processor | mksquashfs -tar, all processors |")
-            w("|---|---|---|---|")
-            for size, p in bd:
-                w(f"| {size} MB | {p['bundle_tar']:.2f} s | {p['mksquashfs_1cpu']:.2f} s, {p['mksquashfs_1cpu_rss']:.0f} MB RSS | "
-                  f"{p['mksquashfs_allcpu']:.2f} s, {p['mksquashfs_allcpu_rss']:.0f} MB RSS |")
+            w("| image | app stage (in the build) | bundle tar | mksquashfs -tar, 1 processor | "
+              "mksquashfs -tar, all processors | `Store.add_file` of the image |")
+            w("|---|---|---|---|---|---|")
+            for c in res.cold:
+                for r in c["cmbuild"]:
+                    if "app_parts" not in r:
+                        continue
+                    p = r["app_parts"]
+                    w(f"| {c['size_mb']} MB | {r['stages'].get('app', float('nan')):.1f} s | {p['bundle_tar']:.2f} s | "
+                      f"{p['mksquashfs_1cpu']:.2f} s, {p['mksquashfs_1cpu_rss']:.0f} MB RSS | "
+                      f"{p['mksquashfs_allcpu']:.2f} s, {p['mksquashfs_allcpu_rss']:.0f} MB RSS | "
+                      + (f"{p['add_file']:.2f} s |" if "add_file" in p else "— |"))
+            w("")
+        ps = [(c["size_mb"], r["per_stage"]) for c in res.cold for r in c["cmbuild"] if "per_stage" in r]
+        if ps:
+            w("Peak RSS of each cmbuild stage on its own (the same cold build run as `cmbuild pull`, "
+              "`cmbuild unpack`, ... one process each; the largest process, cmbuild or the tool it runs):")
+            w("")
+            w("| image | pull | unpack | config | app |")
+            w("|---|---|---|---|---|")
+            for size, st in ps:
+                w(f"| {size} MB | " + " | ".join(f"{st[k]['stage']:.1f} s, {st[k]['rss']:.0f} MB" for k in
+                                                ("pull", "unpack", "config", "app")) + " |")
             w("")
         w("Peak RSS per standard step (medians): " + "; ".join(
             f"{c['size_mb']} MB: " + ", ".join(
@@ -219,20 +241,22 @@ def write(res: Any, out: Path) -> None:
             w(f"| {comp} | {r['size'] / 1e6:.2f} MB | {r['build'] if r['build'] is not None else 'cached'} s |")
         w("")
     if ins.get("qemu"):
-        w("Under QEMU (TCG emulation, one hart): host times of console milestones after cmbuild "
-          "starts the machine (`cmbuild run` on the example image; the init prints no timestamps, so "
-          "each console line is timed as it reaches the host). *Boot → init* is until the init's "
-          "first message (root mounted); *→ container* until the container's first output line; "
-          "*→ exit* until the init's `exit-code` line.")
+        w("Under QEMU (TCG emulation, one hart, Debian's kernel with `quiet`): host times of console "
+          "milestones, counted from the moment cmbuild starts QEMU (`cmbuild run` on the example image, "
+          "everything already built). The init prints no timestamps and the kernel is quiet, so each "
+          "console line is timed as it reaches the host: *firmware* is OpenSBI's banner, *init* the "
+          "init's first message (root mounted, crun about to start), *container* the container's "
+          "first output line, *exit* the init's `exit-code` line.")
         w("")
-        w("| compression | boot → init | boot → container | boot → exit | whole `cmbuild run` |")
-        w("|---|---|---|---|---|")
+        w("| compression | → firmware | → init | → container | → exit | init → container | whole `cmbuild run` |")
+        w("|---|---|---|---|---|---|---|")
         for comp, runs in ins["qemu"].items():
-            def span(k: str) -> str:
-                v = [r["milestones"][k] - r["milestones"].get("machine started", 0.0)
-                     for r in runs if k in r["milestones"]]
+            def span(k: str, since: str = "machine started") -> str:
+                v = [r["milestones"][k] - r["milestones"].get(since, 0.0)
+                     for r in runs if k in r["milestones"] and since in r["milestones"]]
                 return fmt(v)
-            w(f"| {comp} | {span('init ready')} | {span('container output')} | {span('container exited')} | "
+            w(f"| {comp} | {span('firmware')} | {span('init ready')} | {span('container output')} | "
+              f"{span('container exited')} | {span('container output', 'init ready')} | "
               f"{fmt([r['milestones']['end'] for r in runs])} |")
         w("")
     if ins.get("cartesi"):

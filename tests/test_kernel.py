@@ -139,8 +139,8 @@ def test_qemu_kernel_stage_reproducible(tmp_path: Path) -> None:
     b.add_file(a.object_path(deb), expect=deb)
     assert kernel.build_qemu_kernel(b, recipe) == out_a
     assert b.read_json(out_a) == doc
-    files = kernel.kernel_files(b, out_a)
-    assert files.initrd == b.object_path(doc["initrd"]) and files.cmdline == []
+    resolved = kernel.kernel_files(b, out_a)
+    assert resolved.initrd == b.object_path(doc["initrd"]) and resolved.cmdline == []
 
 
 # ----- the Cartesi kernel: download with the sha256 checked while streaming -------------------

@@ -5,20 +5,23 @@ Boots are slow-ish (TCG), so every artifact is built once per session and each b
 several things at once:
 
 1. squashfs app drive, overlayfs: stdout reaches the host, exit 7 comes back, overlay is said.
-2. no app drive: init's distinct code 103, no hang.
+2. no app drive: init's distinct code 103, no hang; an app drive with no file system: 104.
 3. ext2 app drive, overlay disabled (cmbuild.overlay=0) + an extra ext2 drive "data" bind-mounted
    into the container: the ext2 strategy, writes land on the drives (read back on the host).
 4. squashfs app drive, overlay disabled: the read-only root with tmpfs on /tmp and /run.
+5. Cartesi-style drives (pmem-region device-tree nodes + aliases) with cmbuild.machine=cartesi.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 import subprocess
 import tarfile
 from pathlib import Path
+from typing import Sequence
 
 import pytest
 
@@ -42,8 +45,7 @@ def test_command_line(tmp_path: Path) -> None:
     s = " ".join(cmd)
     assert "-machine virt -smp 1 -m 256M -nographic -bios default -no-reboot" in s
     append = cmd[cmd.index("-append") + 1]
-    assert append.startswith("console=ttyS0 quiet")
-    assert append.endswith("cmbuild.debug=1 cmbuild.machine=qemu")
+    assert append == "console=ttyS0 quiet panic=-1 cmbuild.machine=qemu cmbuild.debug=1"
     assert f"if=none,id=d0,file={tmp_path / 'r'},format=raw,readonly=on" in cmd
     assert f"if=none,id=d1,file={tmp_path / 'a'},format=raw" in cmd
     assert "virtio-blk-device,drive=d1,serial=app" in cmd
@@ -107,6 +109,27 @@ def test_last_exit_line_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert qemu.check(r) == 42
 
 
+def test_firmware_banner_hidden_from_stream(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    banner = ("\\nOpenSBI v1.1\\n   ____   _____\\n  / __ \\\\ |  _ \\\\\\n\\n"
+              "Platform Name             : riscv-virtio,qemu\\n"
+              "Boot HART PMP Address Bits: 54\\n")
+    d = _fake_qemu(tmp_path, f"printf '{banner}cmbuild: writable root: x\\n"
+                             "Name: value\\ncmbuild: exit-code 0\\n'\n")
+    monkeypatch.setenv("PATH", f"{d}:/usr/bin:/bin")
+    f = _files(tmp_path)
+    out = io.StringIO()
+    r = qemu.run(kernel=f["k"], initrd=f["i"], drives=[Drive("root", f["r"])], stream=out,
+                 timeout=30)
+    assert r.exit_code == 0
+    assert out.getvalue() == "\ncmbuild: writable root: x\nName: value\ncmbuild: exit-code 0\n"
+    assert "OpenSBI v1.1" in r.output and "Boot HART PMP Address Bits: 54" in r.output
+    out2 = io.StringIO()
+    qemu.run(kernel=f["k"], initrd=f["i"], drives=[Drive("root", f["r"])], stream=out2,
+             timeout=30, firmware_banner=True)
+    assert "OpenSBI v1.1" in out2.getvalue()
+
+
 def test_no_exit_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     d = _fake_qemu(tmp_path, "echo 'Kernel panic - not syncing: VFS'; exit 0\n")
     monkeypatch.setenv("PATH", f"{d}:/usr/bin:/bin")
@@ -134,7 +157,7 @@ def test_timeout_kills(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 # ----- real boots -----------------------------------------------------------------------------
 
-def _bundle_tar(out: Path, busybox: bytes, script: str, mounts: list[dict] = ()) -> Path:
+def _bundle_tar(out: Path, busybox: bytes, script: str, mounts: Sequence[dict] = ()) -> Path:
     """A canonical tar of an OCI bundle: rootfs/ with a static busybox, and config.json."""
     config = {
         "ociVersion": "1.0.2",
@@ -170,7 +193,7 @@ def _bundle_tar(out: Path, busybox: bytes, script: str, mounts: list[dict] = ())
     return out
 
 
-def _boot(env: dict, drives: list[Drive], append: list[str] = ()) -> RunResult:
+def _boot(env: dict, drives: list[Drive], append: Sequence[str] = ()) -> RunResult:
     r = qemu.run(kernel=env["kernel"], initrd=env["initrd"], drives=drives,
                  append=[*env["cmdline"], *append], timeout=300, stream=None)
     print(r.output)
@@ -243,6 +266,16 @@ def test_missing_app_drive_ends_with_init_code(machine) -> None:
     assert "cmbuild: error: no drive labelled app" in r.output
 
 
+@needs_qemu
+@pytest.mark.slow
+def test_app_drive_without_file_system(machine, tmp_path: Path) -> None:
+    junk = tmp_path / "junk.img"
+    junk.write_bytes(b"\0" * (1 << 20))
+    r = _boot(machine, [machine["root"], Drive("app", junk)])
+    assert (r.reason, r.exit_code) == (qemu.REASON_EXIT_LINE, 104), r.reason
+    assert "no squashfs or ext2 superblock" in r.output
+
+
 def _ext2_read(image: Path, path: str) -> str:
     p = subprocess.run(["debugfs", "-R", f"cat {path}", str(image)], capture_output=True,
                        text=True)
@@ -297,3 +330,75 @@ def test_read_only_root_fallback(machine, busybox_riscv64, tmp_path: Path) -> No
                for l in lines)
     assert ["t", "r", "root-read-only"] == [l for l in lines if l in ("t", "r", "root-read-only",
                                                                        "root-writable")]
+
+
+# ----- Cartesi's drives, emulated: pmem-region device-tree nodes with label aliases ----------
+
+def _pmem_machine(tmp_path: Path, ram_mib: int, drives: list[tuple[str, Path]]) -> list[str]:
+    """QEMU arguments that give the guest Cartesi-style flash drives: QEMU's own device tree
+    with the RAM cut in two around a window at 0xa0000000 where each drive image is loaded
+    (``-device loader``) and described as a ``pmem-region`` node ``/pmem@<start>`` with an alias
+    ``<label>``, as the Cartesi machine does."""
+    align = 2 << 20
+    base = start = 0xA0000000
+    ram_end = 0x80000000 + (ram_mib << 20)
+    nodes, aliases, args = [], [], []
+    for label, path in drives:
+        size = -(-path.stat().st_size // align) * align
+        nodes.append(f'\tpmem@{start:x} {{\n\t\tcompatible = "pmem-region";\n'
+                     f'\t\treg = <0x00 {start:#x} 0x00 {size:#x}>;\n\t}};\n')
+        aliases.append(f'\t\t{label} = "/pmem@{start:x}";\n')
+        args += ["-device", f"loader,file={path},addr={start:#x},force-raw=on"]
+        start += size
+    dtb = tmp_path / "virt.dtb"
+    subprocess.run(["qemu-system-riscv64", "-machine", f"virt,dumpdtb={dtb}", "-smp", "1",
+                    "-m", f"{ram_mib}M", "-nographic"], check=True, capture_output=True)
+    dts = subprocess.run(["dtc", "-q", "-I", "dtb", "-O", "dts", str(dtb)], check=True,
+                         capture_output=True, text=True).stdout
+    old = f"reg = <0x00 0x80000000 0x00 {ram_mib << 20:#x}>;"
+    assert old in dts, "unexpected memory node in QEMU's device tree"
+    dts = dts.replace(old, f"reg = <0x00 0x80000000 0x00 {base - 0x80000000:#x} "
+                           f"0x00 {start:#x} 0x00 {ram_end - start:#x}>;")
+    end = dts.rindex("};")
+    dts = dts[:end] + "".join(nodes) + "\taliases {\n" + "".join(aliases) + "\t};\n" + dts[end:]
+    (tmp_path / "pmem.dts").write_text(dts)
+    subprocess.run(["dtc", "-q", "-I", "dts", "-O", "dtb", "-o", str(tmp_path / "pmem.dtb"),
+                    str(tmp_path / "pmem.dts")], check=True)
+    return ["-dtb", str(tmp_path / "pmem.dtb"), *args]
+
+
+@needs_qemu
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("dtc") is None, reason="dtc (device-tree-compiler) not installed")
+def test_cartesi_drives_by_device_tree_alias(machine, busybox_riscv64, tmp_path: Path) -> None:
+    """init's cartesi path: drives found through /proc/device-tree/aliases/<label> and
+    /sys/devices/platform/<start>.pmem/, the exit code passed by reboot(RESTART2, "N")."""
+    from cmbuild.drives import tar_to_ext2, tar_to_squashfs
+
+    mount = {"destination": "/data", "type": "bind", "source": "/run/drives/data",
+             "options": ["rbind", "ro"]}
+    tar = _bundle_tar(tmp_path / "app.tar", busybox_riscv64,
+                      "echo hello-from-pmem; cat /data/in.txt; exit 9", [mount])
+    tar_to_squashfs(tar, tmp_path / "app.sqfs", compression="none")
+    data_tar = tmp_path / "data.tar"
+    with tarfile.open(data_tar, "w", format=tarfile.PAX_FORMAT) as tf:
+        ti = tarfile.TarInfo("in.txt")
+        ti.size, ti.mtime = 10, 0
+        tf.addfile(ti, io.BytesIO(b"pmem-data\n"))
+    tar_to_ext2(data_tar, tmp_path / "data.ext2")
+    # the data drive comes first in memory: the app drive is not the first pmem device
+    extra = _pmem_machine(tmp_path, 1024, [("data", tmp_path / "data.ext2"),
+                                           ("app", tmp_path / "app.sqfs")])
+    r = qemu.run(kernel=machine["kernel"], initrd=machine["initrd"], drives=[machine["root"]],
+                 append=[*machine["cmdline"], "cmbuild.machine=cartesi", "cmbuild.debug=1"],
+                 ram="1024M", timeout=300, stream=None, extra_args=extra)
+    print(r.output)
+    assert (r.reason, r.exit_code) == (qemu.REASON_EXIT_LINE, 9), r.reason
+    lines = r.output.splitlines()
+    assert "cmbuild: init on cartesi" in lines
+    assert any(re.match(r"cmbuild: app drive /dev/pmem\d \(squashfs, read-only\)", l)
+               for l in lines)
+    assert any(re.match(r"cmbuild: drive data \(/dev/pmem\d, ext2, read-write\) on "
+                        r"/run/drives/data", l) for l in lines)
+    assert "hello-from-pmem" in lines and "pmem-data" in lines
+    assert any("Restarting system with command '9'" in l for l in lines)

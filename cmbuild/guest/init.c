@@ -577,7 +577,7 @@ static void prepare_bundle(enum fstype app_type, int app_rw)
 
 static int valid_label(const char *s)
 {
-    if (!*s || strlen(s) > 64)
+    if (!*s || *s == '.' || strlen(s) > 64) /* no "", ".", "..", hidden names */
         return 0;
     for (; *s; s++)
         if (!isalnum((unsigned char)*s) && *s != '-' && *s != '_' && *s != '.')

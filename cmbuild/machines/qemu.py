@@ -3,7 +3,7 @@
 ::
 
     qemu-system-riscv64 -machine virt -smp 1 -m RAM -nographic -bios default -no-reboot
-        -kernel K -initrd I -append "console=ttyS0 quiet panic=-1 ... cmbuild.machine=qemu"
+        -kernel K -initrd I -append "console=ttyS0 quiet panic=-1 cmbuild.machine=qemu ..."
         -drive if=none,id=d0,file=F,format=raw[,readonly=on]
         -device virtio-blk-device,drive=d0,serial=<label>      (one pair per drive)
 
@@ -37,6 +37,10 @@ SERIAL_MAX = 20  # virtio-blk serial (VIRTIO_BLK_ID_BYTES)
 EXIT_LINE = re.compile(r"^cmbuild: exit-code (\d+)\s*$")
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 BASE_CMDLINE = ("console=ttyS0", "quiet", "panic=-1")
+# OpenSBI's start-up banner: its first line, the logo, and "Name : value" lines
+_BANNER_FIRST = re.compile(r"^OpenSBI v\d")
+_BANNER_LINE = re.compile(r"^(|[ _/\\|()'.,<>-]+|(Platform|Firmware|Runtime|Domain\d*|Boot HART)"
+                          r"[A-Za-z0-9 ]*: .*)$")
 
 # RunResult.reason values
 REASON_EXIT_LINE = "exit-code line"
@@ -93,10 +97,13 @@ def validate_drives(drives: Sequence[Drive]) -> None:
 
 
 def qemu_command(*, kernel: Path, initrd: Path, drives: Sequence[Drive],
-                 append: Iterable[str] = (), ram: str = "512M") -> list[str]:
-    """The qemu-system-riscv64 command line (see the module's documentation)."""
+                 append: Iterable[str] = (), ram: str = "512M",
+                 extra_args: Sequence[str] = ()) -> list[str]:
+    """The qemu-system-riscv64 command line (see the module's documentation); ``extra_args``
+    are appended as they are (tests use them for a device tree and memory-loaded drives)."""
     validate_drives(drives)
-    words = [*BASE_CMDLINE, *append, "cmbuild.machine=qemu"]
+    # the caller's words come last, so that they win (a test may say cmbuild.machine=cartesi)
+    words = [*BASE_CMDLINE, "cmbuild.machine=qemu", *append]
     for w in words:
         if not w or any(c.isspace() for c in w) or '"' in w:
             raise CmbuildError(f"kernel command line word {w!r} is empty or has spaces/quotes")
@@ -108,7 +115,7 @@ def qemu_command(*, kernel: Path, initrd: Path, drives: Sequence[Drive],
         if d.read_only:
             opt += ",readonly=on"
         cmd += ["-drive", opt, "-device", f"virtio-blk-device,drive=d{i},serial={d.label}"]
-    return cmd
+    return cmd + list(extra_args)
 
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:
@@ -123,9 +130,12 @@ def _kill(proc: subprocess.Popen[bytes]) -> None:
 
 
 def run(*, kernel: Path, initrd: Path, drives: list[Drive], append: Sequence[str] = (),
-        ram: str = "512M", timeout: float = 600, stream: TextIO | None = sys.stdout) -> RunResult:
+        ram: str = "512M", timeout: float = 600, stream: TextIO | None = sys.stdout,
+        extra_args: Sequence[str] = (), firmware_banner: bool = False) -> RunResult:
     """Boot the machine, stream its console to ``stream`` line by line, and return how it
-    ended. Never raises for what happens inside the guest: see :class:`RunResult`."""
+    ended. Never raises for what happens inside the guest: see :class:`RunResult`.
+    OpenSBI's banner is left out of ``stream`` unless ``firmware_banner`` (``output`` has
+    everything)."""
     qemu = shutil.which(QEMU)
     if qemu is None:
         raise CmbuildError(f"{QEMU} is not installed",
@@ -134,7 +144,8 @@ def run(*, kernel: Path, initrd: Path, drives: list[Drive], append: Sequence[str
     for what, p in (("kernel", kernel), ("initrd", initrd)):
         if not Path(p).is_file():
             raise CmbuildError(f"the {what} is not a file", where=str(p))
-    cmd = qemu_command(kernel=kernel, initrd=initrd, drives=drives, append=append, ram=ram)
+    cmd = qemu_command(kernel=kernel, initrd=initrd, drives=drives, append=append, ram=ram,
+                       extra_args=extra_args)
     cmd[0] = qemu
     start = time.monotonic()
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -147,12 +158,18 @@ def run(*, kernel: Path, initrd: Path, drives: list[Drive], append: Sequence[str
     pending = b""
     code: int | None = None
     timed_out = False
+    in_banner = False
 
     def take(line: bytes) -> None:
-        nonlocal code
+        nonlocal code, in_banner
         text = line.decode("utf-8", errors="replace").rstrip("\r\n").replace("\r", "")
         lines.append(text)
-        if stream is not None:
+        if not firmware_banner:
+            if len(lines) <= 2 and _BANNER_FIRST.match(text):
+                in_banner = True
+            elif in_banner and not _BANNER_LINE.match(text):
+                in_banner = False
+        if stream is not None and not in_banner:
             stream.write(text + "\n")
             stream.flush()
         m = EXIT_LINE.match(text)

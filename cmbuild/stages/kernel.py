@@ -30,14 +30,13 @@ Recipes: ``recipes/kernel/<name>.toml``; each machine has a default (:data:`DEFA
 from __future__ import annotations
 
 import gzip
-import io
 import lzma
 import re
 import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterable
+from typing import Iterable, Protocol
 
 from ..debian import extract_deb, fetch_debs
 from ..errors import CmbuildError
@@ -88,6 +87,10 @@ class CpioEntry:
     rdev: tuple[int, int] = (0, 0)
 
 
+class Writable(Protocol):
+    def write(self, data: bytes, /) -> object: ...
+
+
 _KIND_BITS = {"dir": stat.S_IFDIR, "file": stat.S_IFREG, "char": stat.S_IFCHR}
 
 
@@ -101,11 +104,19 @@ def _newc_header(ino: int, mode: int, nlink: int, size: int, rdev: tuple[int, in
     return b"070701" + b"".join(b"%08X" % f for f in fields)
 
 
-def write_cpio(entries: Iterable[CpioEntry], out: BinaryIO) -> None:
+def write_cpio(entries: Iterable[CpioEntry], out: Writable) -> int:
     """Write a newc cpio archive, reproducibly: entries sorted by path (parents first), inode
-    numbers in that order, mtime 0, uid/gid 0, no device numbers of the build host."""
-    items = sorted(entries, key=lambda e: e.path)
+    numbers in that order, mtime 0, uid/gid 0, no device numbers of the build host; padded to
+    a multiple of 512 bytes like cpio(1). Returns the number of bytes written."""
+    items = sorted(entries, key=lambda e: e.path.strip("/"))
     seen: set[str] = set()
+    total = 0
+
+    def put(data: bytes) -> None:
+        nonlocal total
+        out.write(data)
+        total += len(data)
+
     for ino, e in enumerate(items, 1):
         path = e.path.strip("/")
         if not path or path in seen or ".." in path.split("/"):
@@ -120,15 +131,13 @@ def write_cpio(entries: Iterable[CpioEntry], out: BinaryIO) -> None:
         name = path.encode() + b"\0"
         hdr = _newc_header(ino, _KIND_BITS[e.kind] | (e.mode & 0o7777),
                            2 if e.kind == "dir" else 1, len(data), e.rdev, len(name))
-        out.write(hdr + name + _pad4(len(hdr) + len(name)))
-        out.write(data + _pad4(len(data)))
+        put(hdr + name + _pad4(len(hdr) + len(name)))
+        put(data + _pad4(len(data)))
     name = b"TRAILER!!!\0"
     hdr = _newc_header(0, 0, 1, 0, (0, 0), len(name))
-    out.write(hdr + name + _pad4(len(hdr) + len(name)))
-    # the kernel reads the archive in 512-byte blocks happily; pad like cpio(1) does
-    total = out.tell() if out.seekable() else None
-    if total is not None:
-        out.write(b"\0" * (-total % 512))
+    put(hdr + name + _pad4(len(hdr) + len(name)))
+    put(b"\0" * (-total % 512))
+    return total
 
 
 def read_cpio(data: bytes) -> list[tuple[str, int, bytes]]:
@@ -199,8 +208,11 @@ def _read_module(path: Path) -> bytes:
             return gzip.decompress(data)
         if path.name.endswith(".zst"):
             import zstandard
-            return zstandard.ZstdDecompressor().decompressobj().decompress(data)
-    except (lzma.LZMAError, OSError, Exception) as e:  # noqa: BLE001 - reported clearly
+            try:
+                return zstandard.ZstdDecompressor().decompressobj().decompress(data)
+            except zstandard.ZstdError as e:
+                raise ValueError(str(e)) from e
+    except (lzma.LZMAError, OSError, EOFError, ValueError) as e:
         raise CmbuildError(f"cannot decompress kernel module: {e}", where=str(path)) from e
     return data
 
@@ -327,9 +339,7 @@ def build_qemu_kernel(store: Store, recipe: KernelRecipe) -> str:
             mods = resolve_modules(moddir, recipe.modules)
             kernel_digest = store.add_bytes(kernel)
             with store.writer() as w:
-                buf = io.BytesIO()
-                write_cpio(initramfs_entries(store.object_path(shim).read_bytes(), mods), buf)
-                w.write(buf.getvalue())
+                write_cpio(initramfs_entries(store.object_path(shim).read_bytes(), mods), w)
             initrd_digest = w.digest
         doc = {"machine": "qemu", "kernel": kernel_digest, "initrd": initrd_digest,
                "cmdline": list(recipe.cmdline), "kernel_release": kver,
