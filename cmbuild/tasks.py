@@ -204,6 +204,13 @@ def run_action(ctx: Context) -> Any:
                               ram=f"{max(m.ram_length, QEMU_MIN_RAM) >> 20}M", timeout=m.timeout,
                               stream=sys.stdout)
             code, reason = result.exit_code, result.reason
+            if reason != qemu.REASON_EXIT_LINE:
+                hint = " (raise [machine].timeout if the container needs longer)" if code == 124 else ""
+                _say(f"error: {reason}{hint}")
+                _say(f"exit code {code}")
+                _EXIT_CODE["run"] = code
+                atexit.register(_exit_with_container_code)
+                return None
         else:
             from .machines import cartesi as cm
             result = cm.run(version=cm.installed_version(), ram_image=ctx.path("kernel"),
