@@ -73,13 +73,15 @@ def milestones(lines: list[tuple[float, str, str]]) -> dict[str, float]:
     backend just before it starts QEMU), the firmware's banner, the init's first message (root
     mounted, about to start crun), the container's first line, the init's exit-code line."""
     out: dict[str, float] = {}
+    # stdout and stderr are separate pipes: a stdout chunk read in the same instant as the
+    # stderr line may be listed before it, so find the start first
+    start = next((t for t, src, text in lines if src == "err" and text.startswith("cmbuild: backend:")), None)
+    if start is None:
+        return out
+    out["machine started"] = start
     for t, src, text in lines:
-        if src == "err":
-            if text.startswith("cmbuild: backend:"):
-                out.setdefault("machine started", t)
-            continue
-        if "machine started" not in out:
-            continue   # doit's own lines
+        if src == "err" or t < start or text.startswith((".  ", "-- ")):
+            continue   # cmbuild's messages, doit's own lines
         if "firmware" not in out and "OpenSBI" in text:
             out["firmware"] = t
         if text.startswith("cmbuild: exit-code"):

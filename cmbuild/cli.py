@@ -15,11 +15,48 @@ from doit.doit_cmd import DoitMain
 DOIT_COMMANDS = {"list", "info", "clean", "forget", "ignore", "dumpdb", "help", "strace",
                  "reset-dep", "auto", "tabcompletion"}
 USAGE = """usage: cmbuild [-c cartesi.toml] [--allow-unpinned] [TASK|doit-command] [args]
+       cmbuild init [IMAGE]     write cartesi.toml (and dodo.py, for plain doit) here
 
 tasks:    snapshot (default), build, run (= boot), hash [--json], lock, audit [--stage S],
           verify [--repair], and one per stage: pull, unpack, config, app, init, runtime, kernel
 commands: list, info TASK, help, ...   (cmbuild X is doit X with cmbuild's tasks)
 """
+
+
+TEMPLATE = """# cmbuild project (see the configuration reference in cmbuild's README)
+[image]
+{image}
+# digest = "sha256:..."   # `cmbuild lock` pins a registry ref
+
+[runtime]
+version = "0.1.0"
+compression = "none"
+
+[machine]
+ram_length = "128Mi"
+# env = {{ KEY = "value" }}
+"""
+DODO = "# doit in this folder builds cartesi.toml\nfrom cmbuild.dodo import *  # noqa: F401,F403\n"
+
+
+def init_project(args: list[str]) -> int:
+    """``cmbuild init [IMAGE]``: a cartesi.toml (IMAGE: a registry ref, or a path to an OCI
+    layout or docker-save tarball) and a one-line dodo.py, never overwriting either."""
+    from pathlib import Path
+    here = Path.cwd()
+    image = args[0] if args else "ghcr.io/you/app:1.0"
+    line = (f'path = "{image}"' if Path(image).exists() else f'ref = "{image}"')
+    wrote = []
+    for name, text in (("cartesi.toml", TEMPLATE.format(image=line)), ("dodo.py", DODO)):
+        target = here / name
+        if target.exists():
+            print(f"cmbuild: {name} exists; left as it is", file=sys.stderr)
+            continue
+        target.write_text(text)
+        wrote.append(name)
+    if wrote:
+        print(f"cmbuild: wrote {', '.join(wrote)}", file=sys.stderr)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             args.insert(0, opt)
             break
+    if args[:1] == ["init"]:
+        return init_project(args[1:])
     if cfg:
         os.environ["CMBUILD_CONFIG"] = os.path.abspath(cfg)
     if allow_unpinned:

@@ -29,7 +29,7 @@ from cmbuild.machines.cartesi import (
 V020 = (0, 20, 0)
 V021 = (0, 21, 0)
 HASH = "0x" + "3f" * 32
-BASE = "rootfstype=squashfs ro init=/sbin/init cmbuild.machine=cartesi"
+BASE = "rootfstype=squashfs ro init=/sbin/init cmbuild.machine=cartesi panic=-1"
 
 
 # --------------------------------------------------------------------------- version
@@ -148,8 +148,8 @@ def test_command_line_follows_the_facts():
     assert not any(a.startswith("--no-rollback") for a in cmd)
     bootargs = next(a for a in cmd if a.startswith("--append-bootargs="))
     # ours come first; a caller's init= comes later and would win, which is the caller's choice
-    assert bootargs.split("=", 1)[1].split()[:4] == ["rootfstype=squashfs", "ro", "init=/sbin/init",
-                                                      "cmbuild.machine=cartesi"]
+    assert bootargs.split("=", 1)[1].split()[:5] == ["rootfstype=squashfs", "ro", "init=/sbin/init",
+                                                      "cmbuild.machine=cartesi", "panic=-1"]
     flash = [a for a in cmd if a.startswith("--flash-drive=")]
     assert flash[0].startswith("--flash-drive=label:root,")
 

@@ -168,3 +168,18 @@ def test_list_shows_the_stages(tmp_path: Path) -> None:
     for name in ("pull", "unpack", "config", "app", "init", "runtime", "kernel", "snapshot", "boot",
                  "audit", "verify", "hash", "lock"):
         assert re.search(rf"^{name}\s", out, re.M), name
+
+
+def test_init_writes_a_project_that_plain_doit_builds(tmp_path: Path) -> None:
+    proj = tmp_path / "new"
+    proj.mkdir()
+    cmbuild(proj, "init", str(EXAMPLE))
+    assert (proj / "dodo.py").read_text().strip().endswith("from cmbuild.dodo import *  # noqa: F401,F403")
+    text = (proj / "cartesi.toml").read_text()
+    assert f'path = "{EXAMPLE}"' in text
+    (proj / "cartesi.toml").write_text(text.replace(f'path = "{EXAMPLE}"', f'path = "{EXAMPLE}"\nref = "latest"'))
+    again = cmbuild(proj, "init")
+    assert "exists; left as it is" in again.stderr
+    p = subprocess.run([sys.executable, "-m", "doit", "app"], cwd=proj, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert (proj / ".cartesi" / "app.sqfs").is_file()

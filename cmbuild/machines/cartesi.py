@@ -50,8 +50,9 @@ INSTALL_HINT = (
     f"'{EXECUTABLE}' and '{STORED_HASH_EXECUTABLE}' on PATH; no package registry ships it"
 )
 
-# Bootargs that every cmbuild machine needs, always first in --append-bootargs.
-BASE_BOOTARGS = ("rootfstype=squashfs", "ro", "init=/sbin/init", "cmbuild.machine=cartesi")
+# Bootargs that every cmbuild machine needs, always first in --append-bootargs. panic=-1: a
+# crashing init ends the machine (a reboot halts the Cartesi machine) instead of hanging it.
+BASE_BOOTARGS = ("rootfstype=squashfs", "ro", "init=/sbin/init", "cmbuild.machine=cartesi", "panic=-1")
 ROOT_LABEL = "root"
 DATA_FILENAME_SINCE = (0, 21, 0)  # data_filename: and read_only since 0.21; filename: before
 
