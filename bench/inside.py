@@ -73,15 +73,18 @@ def milestones(lines: list[tuple[float, str, str]]) -> dict[str, float]:
     backend just before it starts QEMU), the firmware's banner, the init's first message (root
     mounted, about to start crun), the container's first line, the init's exit-code line."""
     out: dict[str, float] = {}
-    # stdout and stderr are separate pipes: a stdout chunk read in the same instant as the
-    # stderr line may be listed before it, so find the start first
+    # stdout and stderr are separate pipes whose lines may be read out of order by a few ms:
+    # the console is what comes on stdout after doit's ".  boot" line, in stdout's own order
     start = next((t for t, src, text in lines if src == "err" and text.startswith("cmbuild: backend:")), None)
-    if start is None:
-        return out
-    out["machine started"] = start
+    console = False
     for t, src, text in lines:
-        if src == "err" or t < start or text.startswith((".  ", "-- ")):
-            continue   # cmbuild's messages, doit's own lines
+        if src == "err":
+            continue
+        if not console:
+            if text.startswith(".  boot"):
+                console = True
+                start = start if start is not None else t
+            continue
         if "firmware" not in out and "OpenSBI" in text:
             out["firmware"] = t
         if text.startswith("cmbuild: exit-code"):
@@ -90,6 +93,8 @@ def milestones(lines: list[tuple[float, str, str]]) -> dict[str, float]:
             out.setdefault("init ready", t)
         elif "init ready" in out and text.strip() and not PRINTK.match(text):
             out.setdefault("container output", t)
+    if start is not None:
+        out["machine started"] = start
     return out
 
 

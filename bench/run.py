@@ -502,6 +502,8 @@ def main() -> int:
                     "(section 5), so that pinned Debian packages are not downloaded again")
     ap.add_argument("--out", type=Path, default=DOCS / "benchmarks.md")
     ap.add_argument("--json", type=Path, help="also write the raw figures here")
+    ap.add_argument("--reuse", type=Path, help="a --json file of an earlier run: the sections skipped "
+                    "with --skip take their figures from it (to re-measure one section)")
     ap.add_argument("--rusage-wrap", nargs=1, help=argparse.SUPPRESS)
     ap.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -527,7 +529,7 @@ def main() -> int:
         subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "cmbuild")], env=env,
                        capture_output=True, check=False)
         with registry(tmp / "registry") as reg:
-            for size in sizes:
+            for size in sizes if {"cold", "incremental", "noop"} - set(a.skip) else []:
                 say(f"\n== image of {size} MB in {a.layers} layers")
                 t0 = time.perf_counter()
                 layout = tmp / f"layout-{size}"
@@ -572,6 +574,17 @@ def main() -> int:
             res.inside = inside.bench_inside(tmp / "inside", env, machine_reps, a.store, noop_reps, say,
                                              measure, cmbuild_cmd, stage_times, ran)
     res.seconds = time.perf_counter() - t_start
+    if a.reuse:
+        old = json.loads(a.reuse.read_text())
+        sections = {"noop": ("noop", "profile"), "incremental": ("incremental",), "cold": ("cold", "images"),
+                    "inside": ("inside",)}
+        for skipped in a.skip:
+            for name in sections[skipped]:
+                setattr(res, name, old[name])
+        res.images = {int(k): v for k, v in res.images.items()}
+        res.args = old["args"]
+        res.seconds = old["seconds"]
+        say(f"figures of {', '.join(a.skip)} taken from the earlier run")
     say(f"\nbenchmark took {res.seconds / 60:.1f} min")
     import report
     report.write(res, a.out)
