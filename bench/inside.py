@@ -70,7 +70,7 @@ def timed_lines(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float =
 
 def milestones(lines: list[tuple[float, str, str]]) -> dict[str, float]:
     """Host times (s since ``cmbuild run`` started) of: the machine started (cmbuild names the
-    backend just before it starts QEMU), the firmware's banner, the init's first message (root
+    backend just before it starts QEMU), OpenSBI's banner if it shows, the init's first message (root
     mounted, about to start crun), the container's first line, the init's exit-code line."""
     out: dict[str, float] = {}
     # stdout and stderr are separate pipes whose lines may be read out of order by a few ms:

@@ -244,18 +244,18 @@ def write(res: Any, out: Path) -> None:
         w("Under QEMU (TCG emulation, one hart, Debian's kernel with `quiet`): host times of console "
           "milestones, counted from the moment cmbuild starts QEMU (`cmbuild run` on the example image, "
           "everything already built). The init prints no timestamps and the kernel is quiet, so each "
-          "console line is timed as it reaches the host: *firmware* is OpenSBI's banner, *init* the "
+          "console line is timed as it reaches the host: *init* is the "
           "init's first message (root mounted, crun about to start), *container* the container's "
           "first output line, *exit* the init's `exit-code` line.")
         w("")
-        w("| compression | → firmware | → init | → container | → exit | init → container | whole `cmbuild run` |")
-        w("|---|---|---|---|---|---|---|")
+        w("| compression | → init | → container | → exit | init → container | whole `cmbuild run` |")
+        w("|---|---|---|---|---|---|")
         for comp, runs in ins["qemu"].items():
             def span(k: str, since: str = "machine started") -> str:
                 v = [r["milestones"][k] - r["milestones"].get(since, 0.0)
                      for r in runs if k in r["milestones"] and since in r["milestones"]]
                 return fmt(v)
-            w(f"| {comp} | {span('firmware')} | {span('init ready')} | {span('container output')} | "
+            w(f"| {comp} | {span('init ready')} | {span('container output')} | "
               f"{span('container exited')} | {span('container output', 'init ready')} | "
               f"{fmt([r['milestones']['end'] for r in runs])} |")
         w("")

@@ -12,6 +12,7 @@ import os
 import signal
 
 _count = 0
+stage = "-"   # the stage being built (set by the pipeline), named in the log
 
 
 def checkpoint(label: str) -> None:
@@ -23,6 +24,6 @@ def checkpoint(label: str) -> None:
     _count += 1
     if log:
         with open(log, "a") as f:
-            f.write(f"{_count} {label}\n")
+            f.write(f"{_count} {stage} {label}\n")
     if target and _count == int(target):
         os.kill(os.getpid(), signal.SIGKILL)

@@ -137,8 +137,13 @@ class Context:
             rec = self.store.get_key(key)
             if rec is not None:
                 return rec
-            digest, meta = stage.build(self)
-            return self.store.put_key(key, name, digest, meta)
+            from . import faults
+            faults.stage = name
+            try:
+                digest, meta = stage.build(self)
+                return self.store.put_key(key, name, digest, meta)
+            finally:
+                faults.stage = "-"
 
     @property
     def backend(self) -> str:
