@@ -21,7 +21,7 @@ import shutil
 import subprocess
 import tarfile
 from pathlib import Path
-from typing import BinaryIO, IO
+from typing import IO, BinaryIO, Callable
 
 from .errors import CmbuildError
 
@@ -89,7 +89,7 @@ def tar_to_squashfs(src: Path | BinaryIO, out: Path, compression: str = "none") 
             cmd = [need_tool("mksquashfs", "squashfs-tools"), "-", str(out), "-tar",
                    "-noI", "-noId", "-noD", "-noF", "-noX", "-no-fragments",
                    "-mkfs-time", "0", "-all-time", "0", "-root-mode", "755",
-                   "-processors", "1", "-quiet", "-no-progress"]
+                   "-processors", "1", "-mem", "256M", "-quiet", "-no-progress"]
             if os.geteuid() != 0:
                 cmd = [need_tool("unshare", "util-linux"), "--map-root-user"] + cmd
             _run(cmd, f, "mksquashfs")
@@ -105,6 +105,35 @@ def tar_to_squashfs(src: Path | BinaryIO, out: Path, compression: str = "none") 
     finally:
         if close:
             f.close()
+
+
+def squashfs_from_writer(write: Callable[[BinaryIO], None], out: Path, compression: str = "none") -> None:
+    """Like :func:`tar_to_squashfs`, but the tar is produced by ``write(stream)`` in a thread
+    and piped straight into the tool: no temporary copy of the tar on disk."""
+    import threading
+    r, w = os.pipe()
+    error: list[BaseException] = []
+
+    def produce() -> None:
+        try:
+            with os.fdopen(w, "wb", buffering=1 << 20) as f:
+                write(f)
+        except BrokenPipeError as e:   # the tool died: its own error says why
+            error.append(e)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+            error.append(e)
+
+    t = threading.Thread(target=produce, name="tar-writer", daemon=True)
+    t.start()
+    try:
+        with os.fdopen(r, "rb") as f:
+            tar_to_squashfs(f, out, compression)
+    finally:
+        t.join()
+    if error and not isinstance(error[0], BrokenPipeError):
+        if out.exists():
+            out.unlink()
+        raise error[0]
 
 
 def tar_content_size(tar_path: Path) -> tuple[int, int]:

@@ -310,13 +310,18 @@ def bundle_tar(rootfs_tar: Path, config_json: bytes, out: Any) -> None:
 def _app_build(ctx: Context) -> tuple[str, dict[str, Any]]:
     d = ctx.project.app_drive()
     cfg = ctx.path("config").read_bytes()
+    rootfs = ctx.path("unpack")
     with ctx.store.tmpdir("app-") as tmp:
-        tar_path = tmp / "bundle.tar"
-        with open(tar_path, "wb") as f:
-            bundle_tar(ctx.path("unpack"), cfg, f)
         img = tmp / "app.img"
-        drives.make_drive(tar_path, img, d.format, d.compression, d.extra_size, label="app")
-        digest = ctx.store.add_file(img)
+        if d.format == "squashfs":
+            # the bundle tar is streamed into mksquashfs/tar2sqfs: no second copy on disk
+            drives.squashfs_from_writer(lambda f: bundle_tar(rootfs, cfg, f), img, d.compression)
+        else:
+            tar_path = tmp / "bundle.tar"
+            with open(tar_path, "wb") as f:
+                bundle_tar(rootfs, cfg, f)
+            drives.make_drive(tar_path, img, d.format, d.compression, d.extra_size, label="app")
+        digest = ctx.store.adopt(img)
     return digest, {"format": d.format}
 
 
@@ -422,7 +427,7 @@ def _drive_stage(name: str) -> Stage:
             if d.builder == "empty":
                 extra = max(extra, d.size or 0)
             drives.make_drive(tar_path, img, d.format, d.compression, extra, label=name)
-            return ctx.store.add_file(img), {"format": d.format}
+            return ctx.store.adopt(img), {"format": d.format}
 
     return Stage(f"drive-{name}", 1, (), f"the {name} drive ([drives.{name}])", doc, build,
                  lambda ctx: f"{name}.{drives.EXTENSIONS[ctx.project.drives[name].format]}",

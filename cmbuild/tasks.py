@@ -77,18 +77,20 @@ def update_lock(ctx: Context, names: list[str]) -> None:
         stages[name] = entry
     valid = set(STAGES)
     stages = {k: v for k, v in stages.items() if k in valid}
+    old = doc
     doc = {"lock_version": 1, "cmbuild": __version__, "stages": stages,
            "backend": ctx.backend, "tools": ctx.memo("tools", lambda: tool_versions(ctx.backend))}
     if "pull" in stages:
-        rec = ctx.image_record()
-        doc["image"] = {k: rec.get(k) for k in ("index", "manifest", "config", "layers", "diff_ids", "platform")}
-    if "runtime" in stages:
         try:
-            recipe = ctx.memo("runtime-recipe", lambda: None)
-            if recipe is not None and hasattr(recipe, "model_dump"):
-                doc["runtime_recipe"] = recipe.model_dump(mode="json")
-        except Exception:  # the recipe's shape is the recipe module's business
-            pass
+            rec = ctx.image_record()
+            doc["image"] = {k: rec.get(k) for k in ("index", "manifest", "config", "layers", "diff_ids",
+                                                    "platform")}
+        except NotBuilt:   # pull has not run yet in this build: keep what the lock said
+            if "image" in old:
+                doc["image"] = old["image"]
+    if "runtime" in stages:
+        from .pipeline import _runtime_recipe
+        doc["runtime_recipe"] = _runtime_recipe(ctx).model_dump(mode="json")
     if "snapshot" in stages and stages["snapshot"].get("root_hash"):
         doc["root_hash"] = stages["snapshot"]["root_hash"]
     write_lock(ctx.project_dir, doc)
