@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -218,8 +219,13 @@ def run_action(ctx: Context) -> Any:
             result = cm.run(version=cm.installed_version(), ram_image=ctx.path("kernel"),
                             ram_length=str(m.ram_length),
                             drives=[cm.Drive(label=label, path=p, read_only=ro) for label, p, ro in dlist],
-                            bootargs=m.bootargs, max_mcycle=m.max_mcycle, timeout=m.timeout)
+                            bootargs=m.bootargs, max_mcycle=m.max_mcycle, timeout=m.timeout,
+                            final_hash=True)
             code, reason = result.exit_code, getattr(result, "reason", "")
+            if result.final_hash:
+                _say(f"final hash: {result.final_hash}")
+            if result.cycles is not None:
+                _say(f"cycles: {result.cycles}")
     except NotBuilt as e:
         return TaskFailed(f"stage '{e.stage}' has no output in the store; build it first")
     except CmbuildError as e:
@@ -347,6 +353,11 @@ def make_namespace(cfg: str | os.PathLike[str] | None = None, argv: list[str] | 
     except CmbuildError as e:
         print(f"cmbuild: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    backend, why = choose_backend(ctx.project)
+    if backend == "cartesi" and shutil.which("cartesi-machine") is None:
+        print("cmbuild: warning: [machine].backend = \"cartesi\" but cartesi-machine is not on PATH: "
+              "snapshot and run need it (install the Cartesi machine emulator v0.21.0), or set "
+              "backend = \"qemu\" to run under QEMU", file=sys.stderr)
     tasks = make_tasks(ctx, path)
     # doit's own state lives in the store, one database per project folder (projects may share
     # a store); sqlite3 because two builds of one project may finish at the same moment.

@@ -119,3 +119,23 @@ def test_timeout_is_clear(tmp_path: Path, shared_cache: Path) -> None:
     p = run(proj, "run")
     assert p.returncode != 0
     assert "20" in p.stdout + p.stderr and "timeout" in (p.stdout + p.stderr).lower()
+
+
+def test_cartesi_backend_without_the_emulator_says_what_to_install(tmp_path: Path, shared_cache: Path) -> None:
+    if shutil.which("cartesi-machine"):
+        pytest.skip("cartesi-machine is installed: the real snapshot tests cover this backend")
+    kernel = tmp_path / "linux.bin"
+    kernel.write_bytes(b"a local kernel file: its sha256 enters the kernel stage's key\n")
+    proj = project(tmp_path / "p", shared_cache)
+    text = (proj / "cartesi.toml").read_text().replace('backend = "qemu"',
+                                                        f'backend = "cartesi"\nram_image = "{kernel}"')
+    (proj / "cartesi.toml").write_text(text)
+    p = run(proj, "snapshot")
+    out = p.stdout + p.stderr
+    assert p.returncode != 0 and "Traceback" not in out
+    assert "cartesi-machine is not on PATH" in out
+    assert "snapshots are made by cartesi-machine, which is not installed" in out
+    assert "machine-emulator v0.21.0" in out
+    # everything before the snapshot was built, with the local kernel stored by content
+    assert (proj / ".cartesi" / "root.sqfs").is_file() and (proj / ".cartesi" / "app.sqfs").is_file()
+    assert not (proj / ".cartesi" / "image").exists()
