@@ -183,3 +183,22 @@ def test_init_writes_a_project_that_plain_doit_builds(tmp_path: Path) -> None:
     p = subprocess.run([sys.executable, "-m", "doit", "app"], cwd=proj, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     assert (proj / ".cartesi" / "app.sqfs").is_file()
+
+
+def test_docker_save_tarball_written_by_skopeo_builds_the_same_drive(tmp_path: Path) -> None:
+    """The example as a `docker save` tarball made by an independent tool gives the same
+    flattened rootfs and the same app drive as the OCI layout it came from."""
+    archive = tmp_path / "hello.tar"
+    subprocess.run(["skopeo", "copy", "-q", f"oci:{EXAMPLE}:latest", f"docker-archive:{archive}:hello:latest"],
+                   check=True, timeout=120)
+    a = make_project(tmp_path / "layout")
+    b = tmp_path / "tarball"
+    b.mkdir()
+    (b / "cartesi.toml").write_text((a / "cartesi.toml").read_text()
+                                    .replace(f'path = "{EXAMPLE}"', f'path = "{archive}"')
+                                    .replace('ref = "latest"', 'ref = "hello:latest"'))
+    cmbuild(a, "app")
+    cmbuild(b, "app")
+    la, lb = lock(a), lock(b)
+    assert la["stages"]["unpack"]["output"] == lb["stages"]["unpack"]["output"]
+    assert (a / ".cartesi" / "app.sqfs").read_bytes() == (b / ".cartesi" / "app.sqfs").read_bytes()
