@@ -149,14 +149,23 @@ def tar_content_size(tar_path: Path) -> tuple[int, int]:
     return total, count
 
 
-def tar_to_ext2(tar_path: Path, out: Path, extra_size: int = 0, label: str | None = None) -> None:
-    """Write an ext2 image of the tar at ``tar_path`` with ``extra_size`` bytes of free space."""
+def tar_to_ext2(tar_path: Path, out: Path, extra_size: int = 0, label: str | None = None,
+                size: int | None = None) -> None:
+    """Write an ext2 image of the tar at ``tar_path`` with ``extra_size`` bytes of free space
+    (or exactly ``size`` bytes, rounded up to a block, when given)."""
     tool = need_tool("genext2fs", "genext2fs")
     data, entries = tar_content_size(tar_path)
-    inodes = entries + 64 + extra_size // 16384
+    inodes = entries + 64 + max(extra_size, size or 0) // 16384
     # data + directories/metadata overhead (inode tables at 128 bytes, bitmaps, 5% slack)
-    size = data + extra_size + entries * 1024 + inodes * 128 + (1 << 20)
-    size = (size * 105 // 100 + BLOCK - 1) // BLOCK * BLOCK
+    needed = data + extra_size + entries * 1024 + inodes * 128 + (1 << 20)
+    needed = (needed * 105 // 100 + BLOCK - 1) // BLOCK * BLOCK
+    if size is not None:
+        size = (size + BLOCK - 1) // BLOCK * BLOCK
+        if size < needed - extra_size:
+            raise CmbuildError(f"size {size} bytes is too small for the content "
+                               f"(about {needed - extra_size} bytes needed)")
+    else:
+        size = needed
     out = Path(out)
     if out.exists():
         out.unlink()
@@ -184,7 +193,7 @@ def squashfs_to_tar(path: Path) -> bytes:
 
 
 def make_drive(tar_path: Path, out: Path, fmt: str, compression: str = "none",
-               extra_size: int = 0, label: str | None = None) -> None:
+               extra_size: int = 0, label: str | None = None, size: int | None = None) -> None:
     """Build a drive of format ``fmt`` ('squashfs' or 'ext2') from a tar file."""
     if fmt == "squashfs":
         if extra_size:
@@ -193,6 +202,6 @@ def make_drive(tar_path: Path, out: Path, fmt: str, compression: str = "none",
     elif fmt == "ext2":
         if compression != "none":
             raise CmbuildError("ext2 drives are not compressed (compression = \"none\")")
-        tar_to_ext2(tar_path, out, extra_size, label)
+        tar_to_ext2(tar_path, out, extra_size, label, size)
     else:
         raise CmbuildError(f"unknown drive format {fmt!r}; choose squashfs or ext2")

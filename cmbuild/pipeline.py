@@ -410,28 +410,30 @@ def _drive_stage(name: str) -> Stage:
         return options, {}
 
     def build(ctx: Context) -> tuple[str, dict[str, Any]]:
+        from .oci.flatten import LayerInput, flatten
         from .tarstream import directory_tar, empty_tar
         d = ctx.project.drives[name]
         with ctx.store.tmpdir("drive-") as tmp:
             tar_path = tmp / "drive.tar"
-            if d.builder == "tar":
-                tar_path = d.filename
-            else:
-                with open(tar_path, "wb") as f:
-                    if d.builder == "directory":
-                        directory_tar(d.directory, f)
-                    else:
-                        empty_tar(f)
+            with open(tar_path, "wb") as f:
+                if d.builder == "directory":
+                    directory_tar(d.directory, f)
+                elif d.builder == "tar":
+                    # a user's tar is made canonical like a one-layer image: sorted, parents
+                    # made, paths cleaned, owners numeric, times clamped
+                    flatten([LayerInput(path=d.filename, digest=f"tar {d.filename.name}")], f,
+                            scratch=tmp, max_unpacked_size=ctx.project.image.max_unpacked_size,
+                            mtime_clamp=ctx.project.image.mtime_clamp)
+                else:
+                    empty_tar(f)
             img = tmp / "drive.img"
-            extra = d.extra_size
-            if d.builder == "empty":
-                extra = max(extra, d.size or 0)
-            drives.make_drive(tar_path, img, d.format, d.compression, extra, label=name)
+            drives.make_drive(tar_path, img, d.format, d.compression, d.extra_size, label=name,
+                              size=d.size)
             return ctx.store.adopt(img), {"format": d.format}
 
     return Stage(f"drive-{name}", 1, (), f"the {name} drive ([drives.{name}])", doc, build,
                  lambda ctx: f"{name}.{drives.EXTENSIONS[ctx.project.drives[name].format]}",
-                 ("cmbuild.tarstream", "cmbuild.drives"))
+                 ("cmbuild.tarstream", "cmbuild.drives", "cmbuild.oci.flatten", "cmbuild.oci.tarutil"))
 
 
 # ======================================================================================

@@ -202,3 +202,36 @@ def test_docker_save_tarball_written_by_skopeo_builds_the_same_drive(tmp_path: P
     la, lb = lock(a), lock(b)
     assert la["stages"]["unpack"]["output"] == lb["stages"]["unpack"]["output"]
     assert (a / ".cartesi" / "app.sqfs").read_bytes() == (b / ".cartesi" / "app.sqfs").read_bytes()
+
+
+def test_extra_drive_builders(tmp_path: Path) -> None:
+    """[drives.<name>] with builder directory, tar and empty: built, published, read back."""
+    import tarfile as _tarfile
+    src = tmp_path / "dir"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "a.txt").write_text("alpha\n")
+    (src / "run.sh").write_text("#!/bin/sh\n")
+    (src / "run.sh").chmod(0o700)
+    tar = tmp_path / "in.tar"
+    with _tarfile.open(tar, "w") as t:
+        t.add(src / "sub" / "a.txt", arcname="only/a.txt")
+    proj = make_project(tmp_path / "p", extra=(
+        f'[drives.docs]\nbuilder = "directory"\ndirectory = "{src}"\nmount = "/docs"\n'
+        f'[drives.blob]\nbuilder = "tar"\nfilename = "{tar}"\nformat = "ext2"\nmount = "/blob"\n'
+        '[drives.scratch]\nbuilder = "empty"\nsize = "2Mi"\nformat = "ext2"\nmount = "/scratch"\n'))
+    p = cmbuild(proj, "drive-docs", "drive-blob", "drive-scratch", "config")
+    assert {"drive-docs", "drive-blob", "drive-scratch"} <= ran(p)
+    out = proj / ".cartesi"
+    listing = subprocess.run(["unsquashfs", "-lln", str(out / "docs.sqfs")], capture_output=True, text=True).stdout
+    assert "squashfs-root/sub/a.txt" in listing
+    assert "-rwxr-x--x 0/0" in listing or "-rwx" in listing.split("run.sh")[0].splitlines()[-1]
+    ls_blob = subprocess.run(["debugfs", "-R", "ls -l /only", str(out / "blob.ext2")], capture_output=True,
+                             text=True).stdout
+    assert "a.txt" in ls_blob
+    assert (out / "scratch.ext2").stat().st_size == 2 << 20
+    # the container sees them as volumes at their mount paths
+    store_cfg = lock(proj)["stages"]["config"]["output"]
+    doc = json.loads((proj / "cache" / "objects" / "sha256" / store_cfg[7:]).read_text())
+    mounts = {m["destination"]: m for m in doc["mounts"]}
+    assert mounts["/docs"]["source"] == "/run/drives/docs" and "ro" in mounts["/docs"]["options"]
+    assert mounts["/scratch"]["source"] == "/run/drives/scratch" and "rw" in mounts["/scratch"]["options"]
