@@ -256,7 +256,8 @@ def hash_action(ctx: Context, json_out: bool) -> Any:
     if not root_hash:
         return TaskFailed("hash: no snapshot has been built; run `doit snapshot` first "
                           "(snapshots need the Cartesi backend)")
-    hexhash = root_hash[2:] if root_hash.startswith("0x") else root_hash
+    # as cartesi-machine-stored-hash (which `cartesi hash` uses) prints it: 0x<64 hex>
+    hexhash = root_hash if root_hash.startswith("0x") else "0x" + root_hash
     if json_out:
         print(json.dumps({"hash": hexhash}))
     else:
