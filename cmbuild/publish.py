@@ -30,6 +30,20 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux renameat2 RENAME_EXCHANGE); False where unsupported,
+    and the caller falls back to two renames."""
+    import ctypes
+    import ctypes.util
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
 def published_ok(project_dir: Path, name: str, store: Store, digest: str) -> bool:
     """Is ``.cartesi/<name>`` the store object ``digest`` (cheap check: same inode, or same
     size and the digest recorded when it was copied)?"""
@@ -83,14 +97,17 @@ def publish(project_dir: Path, name: str, store: Store, digest: str) -> Path:
                 _link_or_copy(entry, tmp / entry.name)
             elif entry.is_dir():
                 shutil.copytree(entry, tmp / entry.name, copy_function=_link_or_copy)
-        old = None
-        if dst.exists() or dst.is_symlink():
-            old = out / f".{name}.old-{os.getpid()}"
-            os.rename(dst, old)
         checkpoint("publish tree: before rename")
-        os.rename(tmp, dst)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        if (dst.exists() or dst.is_symlink()) and _exchange(tmp, dst):
+            shutil.rmtree(tmp, ignore_errors=True)     # tmp now holds the old tree
+        else:
+            old = None
+            if dst.exists() or dst.is_symlink():
+                old = out / f".{name}.old-{os.getpid()}"
+                os.rename(dst, old)
+            os.rename(tmp, dst)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
     else:
         tmp = out / f".{name}.new-{os.getpid()}"
         if tmp.exists():

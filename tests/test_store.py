@@ -115,3 +115,29 @@ def test_key_lock_serialises_builders_of_one_key(tmp_path: Path) -> None:
         waited = time.monotonic() - t0
     p.join()
     assert waited > 0.5
+
+
+def test_publishing_files_and_trees_replaces_them_whole(tmp_path: Path) -> None:
+    from cmbuild.publish import publish, published_ok
+    s = Store(tmp_path / "cache")
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    f1, f2 = s.add_bytes(b"drive one"), s.add_bytes(b"drive two")
+    publish(proj, "app.sqfs", s, f1)
+    assert published_ok(proj, "app.sqfs", s, f1) and not published_ok(proj, "app.sqfs", s, f2)
+    publish(proj, "app.sqfs", s, f2)
+    assert (proj / ".cartesi" / "app.sqfs").read_bytes() == b"drive two"
+    trees = []
+    for content in ("first", "second"):
+        with s.tmpdir() as t:
+            (t / "image").mkdir()
+            (t / "image" / "config.json").write_text(content)
+            trees.append(s.add_tree(t / "image"))
+    for digest in trees:
+        publish(proj, "image", s, digest)
+        assert published_ok(proj, "image", s, digest)
+    image = proj / ".cartesi" / "image"
+    assert (image / "config.json").read_text() == "second"
+    assert sorted(p.name for p in image.iterdir()) == ["config.json"]   # nothing of ours inside
+    assert sorted(p.name for p in (proj / ".cartesi").iterdir()) == [
+        ".app.sqfs.digest", ".image.digest", "app.sqfs", "image"]
