@@ -297,7 +297,7 @@ def load_project(path: Path) -> Project:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise CmbuildError("no cartesi.toml here", where=str(path),
-                           hint="create one (see cartesi.toml.example) or run from the project folder") from None
+                           hint="`cmbuild init [IMAGE]` writes one; or run from the project folder (or pass -c FILE)") from None
     except UnicodeDecodeError as e:
         raise CmbuildError(f"not UTF-8 text: {e}", where=str(path)) from None
     project = parse_project(text, path.name)
