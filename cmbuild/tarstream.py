@@ -44,41 +44,46 @@ def prefix_tar(src: Path, out: BinaryIO, *, prefix: str, extra_files: dict[str, 
     """Copy the canonical tar ``src`` under ``prefix/`` and add ``extra_files`` at the top.
 
     Files sorting before ``prefix`` come first, then the prefix directory and its entries
-    (whose order is kept: the source is already canonical), then the rest."""
+    (whose order is kept: the source is already canonical), then the rest. Headers are
+    rewritten with the flattener's canonical writer and file data is copied block for block
+    (no per-entry Python tarfile objects: this runs over every byte of the image)."""
+    from .oci import tarutil
+
+    pfx = prefix.encode()
     before = sorted(n for n in extra_files if n < prefix)
     after = sorted(n for n in extra_files if n > prefix)
-    with _new_tar(out) as t, tarfile.open(src, mode="r:", encoding="utf-8", errors="surrogateescape") as s:
-        for name in before:
-            t.addfile(_file_info(name, len(extra_files[name])), io.BytesIO(extra_files[name]))
-        first = True
-        for m in s:
-            name = m.name
-            while name.startswith("./"):
+    w = tarutil.TarWriter(out)
+
+    def add_file(name: str) -> None:
+        data = extra_files[name]
+        w.header(tarutil.build_header(name.encode(), tarutil.REG, 0o644, 0, 0, len(data), 0))
+        w._put(data + bytes(tarutil._padded(len(data)) - len(data)))
+
+    for name in before:
+        add_file(name)
+    w.header(tarutil.build_header(pfx, tarutil.DIR, 0o755, 0, 0, 0, 0))
+    fd = os.open(src, os.O_RDONLY)
+    try:
+        for e in tarutil.iter_tar(fd, os.fstat(fd).st_size):
+            name = e.name
+            while name.startswith(b"./"):
                 name = name[2:]
-            if first:
-                first = False
-                if name in ("", "."):
-                    m.name = prefix
-                    m.uname = m.gname = ""
-                    t.addfile(m)
-                    continue
-                t.addfile(_dir_info(prefix))
-            m.name = f"{prefix}/{name}"
-            if m.islnk():
-                target = m.linkname
-                while target.startswith("./"):
-                    target = target[2:]
-                m.linkname = f"{prefix}/{target.lstrip('/')}"
-            m.uname = m.gname = ""
-            if m.isreg():
-                f = s.extractfile(m)
-                t.addfile(m, f)
-            else:
-                t.addfile(m)
-        if first:
-            t.addfile(_dir_info(prefix))
-        for name in after:
-            t.addfile(_file_info(name, len(extra_files[name])), io.BytesIO(extra_files[name]))
+            if name in (b"", b".", b"./"):
+                continue
+            link = e.linkname
+            if e.type == tarutil.LNK:
+                while link.startswith(b"./"):
+                    link = link[2:]
+                link = pfx + b"/" + link.lstrip(b"/")
+            w.header(tarutil.build_header(pfx + b"/" + name, e.type, e.mode, e.uid, e.gid, e.size,
+                                          e.mtime, link, e.devmajor, e.devminor, e.xattrs))
+            if e.size and e.type not in tarutil.HEADER_ONLY:
+                w.data_from(fd, e.offset, e.size)
+    finally:
+        os.close(fd)
+    for name in after:
+        add_file(name)
+    w.finish()
 
 
 def directory_tar(root: Path, out: BinaryIO) -> None:
