@@ -202,7 +202,11 @@ def run_action(ctx: Context) -> Any:
             kernel = ctx.store.read_json(ctx.output("kernel"))
             result = qemu.run(kernel=ctx.store.object_path(kernel["kernel"]),
                               initrd=ctx.store.object_path(kernel["initrd"]),
-                              drives=[qemu.Drive(label=label, path=p, read_only=ro) for label, p, ro in dlist],
+                              # drives are store objects: a writable one is written in a
+                              # throw-away overlay, never in the store (cartesi-machine without
+                              # `shared` behaves the same)
+                              drives=[qemu.Drive(label=label, path=p, read_only=ro, discard_writes=True)
+                                      for label, p, ro in dlist],
                               append=list(kernel.get("cmdline", [])) + list(m.bootargs),
                               ram=f"{max(m.ram_length, QEMU_MIN_RAM) >> 20}M", timeout=m.timeout,
                               stream=sys.stdout)

@@ -97,6 +97,10 @@ def test_ext2_app_drive_and_a_data_volume(tmp_path: Path, shared_cache: Path) ->
     assert "from the host" in p.stdout
     assert "\nok" in p.stdout
     assert (proj / ".cartesi" / "app.ext2").is_file() and (proj / ".cartesi" / "data.sqfs").is_file()
+    # the container wrote into its ext2 root, but never into the store's object
+    assert "0 corrupt" in run(proj, "verify").stderr
+    again = run(proj, "run")
+    assert again.returncode == 0 and "\nok" in again.stdout
 
 
 def test_snapshot_on_qemu_says_what_to_do(tmp_path: Path, shared_cache: Path) -> None:

@@ -402,3 +402,15 @@ def test_cartesi_drives_by_device_tree_alias(machine, busybox_riscv64, tmp_path:
                         r"/run/drives/data", l) for l in lines)
     assert "hello-from-pmem" in lines and "pmem-data" in lines
     assert any("Restarting system with command '9'" in l for l in lines)
+
+
+def test_discarded_writes_use_a_throwaway_overlay(tmp_path: Path) -> None:
+    from cmbuild.machines.qemu import Drive, qemu_command
+    cmd = qemu_command(kernel=tmp_path / "k", initrd=tmp_path / "i", drives=[
+        Drive("root", tmp_path / "root.sqfs"),
+        Drive("app", tmp_path / "app.ext2", read_only=False, discard_writes=True),
+        Drive("data", tmp_path / "data.ext2", read_only=False)])
+    drives = [cmd[i + 1] for i, a in enumerate(cmd) if a == "-drive"]
+    assert drives[0].endswith(",readonly=on")
+    assert drives[1].endswith(",snapshot=on")
+    assert "snapshot" not in drives[2] and "readonly" not in drives[2]

@@ -56,6 +56,9 @@ class Drive:
     label: str
     path: Path
     read_only: bool = True
+    # a writable drive whose writes must not reach its file (a store object): QEMU keeps them
+    # in a temporary overlay (-drive snapshot=on) that disappears with the machine
+    discard_writes: bool = False
 
 
 @dataclass
@@ -114,6 +117,8 @@ def qemu_command(*, kernel: Path, initrd: Path, drives: Sequence[Drive],
         opt = f"if=none,id=d{i},file={d.path},format=raw"
         if d.read_only:
             opt += ",readonly=on"
+        elif d.discard_writes:
+            opt += ",snapshot=on"
         cmd += ["-drive", opt, "-device", f"virtio-blk-device,drive=d{i},serial={d.label}"]
     return cmd + list(extra_args)
 
