@@ -406,6 +406,8 @@ def test_cartesi_drives_by_device_tree_alias(machine, busybox_riscv64, tmp_path:
 
 def test_discarded_writes_use_a_throwaway_overlay(tmp_path: Path) -> None:
     from cmbuild.machines.qemu import Drive, qemu_command
+    for name in ("root.sqfs", "app.ext2", "data.ext2"):
+        (tmp_path / name).write_bytes(b"\0" * 4096)
     cmd = qemu_command(kernel=tmp_path / "k", initrd=tmp_path / "i", drives=[
         Drive("root", tmp_path / "root.sqfs"),
         Drive("app", tmp_path / "app.ext2", read_only=False, discard_writes=True),
