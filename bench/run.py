@@ -549,7 +549,7 @@ def main() -> int:
                         proj = bench_incremental(res, tmp, reg, repo, layout, writer, layers, digest, size,
                                                  incr_reps if "incremental" not in a.skip else 0, env)
                         if "noop" not in a.skip:
-                            say(f"\n== no-op rebuild")
+                            say("\n== no-op rebuild")
                             bench_noop(res, proj, noop_reps, env, f"{size} MB image from the registry")
                             example = write_project(tmp / "example", 'path = "{}"\nref = "latest"'.format(
                                 REPO / "examples" / "hello" / "image"), cache=tmp / "example-cache")

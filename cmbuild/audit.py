@@ -12,7 +12,6 @@ import sys
 import tarfile
 import tempfile
 from pathlib import Path
-from typing import Any
 
 from .errors import CmbuildError
 from .pipeline import STAGES, Context, build_order, choose_backend

@@ -4,7 +4,6 @@ or group names, fixed times, PAX format."""
 
 from __future__ import annotations
 
-import io
 import os
 import stat
 import tarfile

@@ -20,7 +20,7 @@ from typing import Any
 from doit.exceptions import TaskFailed
 
 from . import __version__, drives
-from .config import CONFIG_NAME, Project, load_project
+from .config import CONFIG_NAME, load_project
 from .errors import CmbuildError
 from .pipeline import STAGES, Context, NotBuilt, build_order, choose_backend, register_drives
 from .publish import published_ok, publish, read_lock, write_lock

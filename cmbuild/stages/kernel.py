@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import gzip
 import lzma
-import re
 import stat
 import struct
 from dataclasses import dataclass
