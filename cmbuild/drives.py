@@ -118,8 +118,6 @@ def squashfs_from_writer(write: Callable[[BinaryIO], None], out: Path, compressi
         try:
             with os.fdopen(w, "wb", buffering=1 << 20) as f:
                 write(f)
-        except BrokenPipeError as e:   # the tool died: its own error says why
-            error.append(e)
         except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
             error.append(e)
 
@@ -130,6 +128,7 @@ def squashfs_from_writer(write: Callable[[BinaryIO], None], out: Path, compressi
             tar_to_squashfs(f, out, compression)
     finally:
         t.join()
+    # a BrokenPipeError means the tool died first, and its own error was raised above
     if error and not isinstance(error[0], BrokenPipeError):
         if out.exists():
             out.unlink()

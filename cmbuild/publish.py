@@ -3,7 +3,8 @@ out) and ``cartesi.lock`` (every stage's key, inputs and output; meant to be com
 
 Published files are hard links to store objects (copies when the store is on another file
 system), put in place by an atomic rename: a reader sees the old file or the new one, never a
-partial one. The stored machine directory is swapped in with two renames.
+partial one. The stored machine directory is swapped in with an atomic exchange (renameat2),
+or two renames where the system lacks it.
 """
 
 from __future__ import annotations
@@ -51,17 +52,19 @@ def published_ok(project_dir: Path, name: str, store: Store, digest: str) -> boo
     obj = store.object_path(digest)
     if not dst.exists() or not obj.exists():
         return False
+    marker = project_dir / OUT_DIR / f".{name}.digest"
+
+    def recorded() -> bool:
+        return marker.is_file() and marker.read_text().strip() == digest
+
     if obj.is_dir():
-        marker = project_dir / OUT_DIR / f".{name}.digest"
-        return dst.is_dir() and marker.is_file() and marker.read_text().strip() == digest
+        return dst.is_dir() and recorded()
     try:
         if os.path.samefile(dst, obj):
             return True
     except OSError:
         return False
-    marker = project_dir / OUT_DIR / f".{name}.digest"
-    return (dst.stat().st_size == obj.stat().st_size and marker.is_file()
-            and marker.read_text().strip() == digest)
+    return dst.stat().st_size == obj.stat().st_size and recorded()
 
 
 def _sweep(folder: Path, pattern: str, min_age: float = 60.0) -> None:

@@ -218,11 +218,10 @@ class Store:
         """Move a finished file that lies in ``self.tmp`` into the store (hashed where it is:
         no copy). The source path is gone afterwards."""
         src = Path(src)
-        if src.parent.resolve() != self.tmp.resolve() and self.tmp.resolve() not in src.resolve().parents:
+        if self.tmp.resolve() not in src.resolve().parents:
             raise ValueError(f"{src} is not inside the store's tmp folder")
+        digest = sha256_file(src)
         with open(src, "rb") as f:
-            digest = DIGEST_PREFIX + hashlib.file_digest(f, "sha256").hexdigest() \
-                if hasattr(hashlib, "file_digest") else sha256_file(src)
             os.fsync(f.fileno())
         checkpoint("object: adopted, not committed")
         self._commit_file(src, digest)

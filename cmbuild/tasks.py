@@ -23,7 +23,7 @@ from . import __version__, drives
 from .config import CONFIG_NAME, load_project
 from .errors import CmbuildError
 from .pipeline import STAGES, Context, NotBuilt, build_order, choose_backend, register_drives
-from .publish import published_ok, publish, read_lock, write_lock
+from .publish import LOCK_VERSION, published_ok, publish, read_lock, write_lock
 from .store import Store
 
 DEFAULT_TASK = "snapshot"
@@ -79,7 +79,7 @@ def update_lock(ctx: Context, names: list[str]) -> None:
     valid = set(STAGES)
     stages = {k: v for k, v in stages.items() if k in valid}
     old = doc
-    doc = {"lock_version": 1, "cmbuild": __version__, "stages": stages,
+    doc = {"lock_version": LOCK_VERSION, "cmbuild": __version__, "stages": stages,
            "backend": ctx.backend, "tools": ctx.memo("tools", lambda: tool_versions(ctx.backend))}
     if "pull" in stages:
         try:
