@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from .errors import CmbuildError
-from .pipeline import STAGES, Context, build_order, choose_backend
+from .pipeline import STAGES, Context, build_order, changed_paths, choose_backend
 from .publish import read_lock
 from .store import Store
 
@@ -72,8 +72,7 @@ def explain(a: Path, b: Path) -> list[str]:
         return [f"  directory outputs differ ({a.name} vs {b.name})"]
     try:
         ja, jb = json.loads(a.read_bytes()), json.loads(b.read_bytes())
-        from .tasks import _diff
-        return [f"  key {k} differs" for k in _diff(ja, jb)] or ["  same JSON, different bytes"]
+        return [f"  key {k} differs" for k in changed_paths(ja, jb)] or ["  same JSON, different bytes"]
     except (ValueError, UnicodeDecodeError):
         pass
     ta, tb = _read_tree(a), _read_tree(b)

@@ -182,6 +182,21 @@ def source_digest(store: Store, path: Path) -> str:
     return digest
 
 
+def file_digests(paths: Any) -> dict[str, str]:
+    """{file name: sha256} of source files (the inputs of a compiled stage)."""
+    return {p.name: sha256_file(p) for p in sorted(paths) if p.is_file()}
+
+
+def changed_paths(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted paths where two JSON documents differ (``options.env.GREETING``)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for k in sorted(set(old) | set(new)):
+            out += changed_paths(old.get(k), new.get(k), f"{prefix}.{k}" if prefix else str(k))
+        return out
+    return [] if old == new else [prefix or "(all)"]
+
+
 def dir_source_digest(path: Path) -> str:
     """A digest of a local directory's content (names, types, modes, bytes)."""
     h = hashlib.sha256()
@@ -332,12 +347,20 @@ def _app_name(ctx: Context) -> str:
 # ======================================================================================
 # init: our PID 1, compiled for riscv64
 # ======================================================================================
-def _init_doc(ctx: Context) -> tuple[Any, dict[str, Any]]:
+def _guest_dir() -> Path:
     from .guest import build as gb
-    guest = Path(gb.__file__).resolve().parent
-    sources = {p.name: sha256_file(p) for p in sorted(guest.iterdir())
-               if p.suffix in (".c", ".h") and p.is_file()}
-    return {"compiler": ctx.memo("cc", gb.compiler_version)}, {"sources": sources}
+    return Path(gb.__file__).resolve().parent
+
+
+def _compiler(ctx: Context) -> str:
+    """The riscv64 cross compiler's version (it shapes init, the stub and the boot shim)."""
+    from .guest.build import compiler_version
+    return ctx.memo("cc", compiler_version)
+
+
+def _init_doc(ctx: Context) -> tuple[Any, dict[str, Any]]:
+    sources = file_digests(p for p in _guest_dir().iterdir() if p.suffix in (".c", ".h"))
+    return {"compiler": _compiler(ctx)}, {"sources": sources}
 
 
 def _init_build(ctx: Context) -> tuple[str, dict[str, Any]]:
@@ -357,11 +380,9 @@ def _runtime_doc(ctx: Context) -> tuple[Any, dict[str, Any]]:
     r = ctx.project.runtime
     recipe_file = recipes_root() / "runtime" / f"{r.version}.toml"
     _runtime_recipe(ctx)  # validates, and names the versions available when it does not exist
-    from .guest import build as gb
-    sdstub = Path(gb.__file__).resolve().parent / "sdstub"
-    stub = {p.name: sha256_file(p) for p in sorted(sdstub.iterdir()) if p.is_file()} if sdstub.is_dir() else {}
-    return ({"compression": r.compression, "version": r.version,
-             "compiler": ctx.memo("cc", gb.compiler_version)},
+    sdstub = _guest_dir() / "sdstub"
+    stub = file_digests(sdstub.iterdir()) if sdstub.is_dir() else {}
+    return ({"compression": r.compression, "version": r.version, "compiler": _compiler(ctx)},
             {"recipe": sha256_file(recipe_file), "init": ctx.output("init"), "sdstub": stub})
 
 
@@ -383,8 +404,8 @@ def _kernel_doc(ctx: Context) -> tuple[Any, dict[str, Any]]:
     recipe_file = k.recipe_path(recipes_root(), backend)
     inputs: dict[str, Any] = {"recipe": sha256_file(recipe_file)}
     if backend == "qemu":
-        inputs["shim"] = {p.name: sha256_file(p) for p in k.shim_sources()}
-        inputs["compiler"] = ctx.memo("cc", __import__("cmbuild.guest.build", fromlist=["x"]).compiler_version)
+        inputs["shim"] = file_digests(k.shim_sources())
+        inputs["compiler"] = _compiler(ctx)
     return {"backend": backend}, inputs
 
 

@@ -22,7 +22,8 @@ from doit.exceptions import TaskFailed
 from . import __version__, drives
 from .config import CONFIG_NAME, load_project
 from .errors import CmbuildError
-from .pipeline import STAGES, Context, NotBuilt, build_order, choose_backend, register_drives
+from .pipeline import (STAGES, Context, NotBuilt, build_order, changed_paths, choose_backend,
+                       register_drives)
 from .publish import LOCK_VERSION, published_ok, publish, read_lock, write_lock
 from .store import Store
 
@@ -47,15 +48,6 @@ def open_context(path: Path, allow_unpinned: bool = False) -> Context:
     store.clean_tmp()
     return Context(project, path.parent, store, allow_unpinned=allow_unpinned,
                    progress=sys.stderr.isatty())
-
-
-def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
-    if isinstance(old, dict) and isinstance(new, dict):
-        out: list[str] = []
-        for k in sorted(set(old) | set(new)):
-            out += _diff(old.get(k), new.get(k), f"{prefix}.{k}" if prefix else str(k))
-        return out
-    return [] if old == new else [prefix or "(all)"]
 
 
 # ----- the lock file -----------------------------------------------------------------------
@@ -120,7 +112,7 @@ class StageCheck:
         if rec is None:
             why = "no output in the store for its key " + key[7:19]
             if locked:
-                changed = _diff({"options": locked.get("options"), "inputs": locked.get("inputs")},
+                changed = changed_paths({"options": locked.get("options"), "inputs": locked.get("inputs")},
                                 ctx.key_inputs(name))
                 if changed:
                     why += "; changed since cartesi.lock: " + ", ".join(changed)
