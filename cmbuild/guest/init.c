@@ -377,6 +377,19 @@ static int find_drive_cartesi(const char *label, char *out, size_t outsz)
     return find_pmem_block(path, 0, out, outsz);
 }
 
+/* The label of a QEMU drive: the serial of virtio-blk device `dev` (vdX). -1: not one. */
+static int virtio_serial(const char *dev, char *serial, size_t n)
+{
+    if (strncmp(dev, "vd", 2) != 0)
+        return -1;
+    char path[512];
+    snprintf(path, sizeof path, "/sys/block/%s/serial", dev);
+    if (read_text(path, serial, n) < 0)
+        return -1;
+    trim(serial);
+    return 0;
+}
+
 static int find_drive_qemu(const char *label, char *out, size_t outsz)
 {
     DIR *d = opendir("/sys/block");
@@ -385,13 +398,9 @@ static int find_drive_qemu(const char *label, char *out, size_t outsz)
     struct dirent *e;
     int found = -1;
     while ((e = readdir(d))) {
-        if (strncmp(e->d_name, "vd", 2) != 0)
+        char serial[64];
+        if (virtio_serial(e->d_name, serial, sizeof serial) < 0)
             continue;
-        char path[512], serial[64];
-        snprintf(path, sizeof path, "/sys/block/%s/serial", e->d_name);
-        if (read_text(path, serial, sizeof serial) < 0)
-            continue;
-        trim(serial);
         if (strcmp(serial, label) == 0) {
             snprintf(out, outsz, "%s", e->d_name);
             found = 0;
@@ -624,14 +633,9 @@ static void mount_extra_drives(void)
     DIR *d = opendir("/sys/block");
     struct dirent *e;
     while (d && (e = readdir(d))) {
-        if (strncmp(e->d_name, "vd", 2) != 0)
-            continue;
-        char path[512], serial[64];
-        snprintf(path, sizeof path, "/sys/block/%s/serial", e->d_name);
-        if (read_text(path, serial, sizeof serial) < 0)
-            continue;
-        trim(serial);
-        mount_extra(serial, e->d_name);
+        char serial[64];
+        if (virtio_serial(e->d_name, serial, sizeof serial) == 0)
+            mount_extra(serial, e->d_name);
     }
     if (d)
         closedir(d);
