@@ -18,7 +18,8 @@ USAGE = """usage: cmbuild [-c cartesi.toml] [--allow-unpinned] [TASK|doit-comman
        cmbuild init [IMAGE]     write cartesi.toml (and dodo.py, for plain doit) here
 
 tasks:    snapshot (default), build, run (= boot), hash [--json], lock, audit [--stage S],
-          verify [--repair], and one per stage: pull, unpack, config, app, init, runtime, kernel
+          verify [--repair], and one per stage: pull, unpack, config, app, init, runtime, kernel,
+          drive-<name> for each extra [drives.<name>]
 commands: list, info TASK, help, ...   (cmbuild X is doit X with cmbuild's tasks)
 """
 

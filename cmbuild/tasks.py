@@ -1,4 +1,5 @@
-"""The doit task graph: one task per stage, plus the commands (run, hash, lock, audit, verify).
+"""The doit task graph: one task per stage, plus build, snapshot, boot (what ``doit run`` and
+``cmbuild run`` start), hash, lock, audit and verify.
 
 Each stage task is up to date when its key (computed from its options and the output digests
 of its inputs) has an output in the store, that output is published in ``.cartesi/`` where it
