@@ -17,6 +17,7 @@ from pydantic import (AliasChoices, BaseModel, BeforeValidator, ConfigDict, Fiel
                       ValidationError, field_validator, model_validator)
 
 from .errors import CmbuildError
+from .machines import DRIVE_LABEL_RULE, valid_label
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -219,9 +220,9 @@ class Project(BaseModel):
     @classmethod
     def _drives(cls, v: dict[str, DriveConfig]) -> dict[str, DriveConfig]:
         for name, drive in v.items():
-            if not re.match(r"^[a-z][a-z0-9_-]{0,15}$", name):
-                raise ValueError(f"drive name {name!r}: use 1-16 lowercase letters, digits, - or _, "
-                                 "starting with a letter (it becomes the drive's label)")
+            if not valid_label(name):
+                raise ValueError(f"drive name {name!r}: use {DRIVE_LABEL_RULE} (it becomes the "
+                                 "drive's label in the machine)")
             if name == "root":
                 raise ValueError("drive name 'root' is reserved for the runtime layer")
             if name == "app":

@@ -317,9 +317,13 @@ def _app_doc(ctx: Context) -> tuple[Any, dict[str, Any]]:
 
 def bundle_tar(rootfs_tar: Path, config_json: bytes, out: Any) -> None:
     """Write the bundle tar: ``config.json``, ``rootfs/`` and the rootfs entries under it,
-    in sorted order ('config.json' < 'rootfs'), streaming the rootfs tar through."""
+    in sorted order ('config.json' < 'rootfs'), streaming the rootfs tar through. Every mount
+    point the config needs is in the tree, so that the container runs on a read-only root
+    too (a kernel without overlayfs, ``cmbuild.overlay=0``)."""
+    from .oci.runtime_config import mount_points
     from .tarstream import prefix_tar
-    prefix_tar(rootfs_tar, out, prefix="rootfs", extra_files={"config.json": config_json})
+    prefix_tar(rootfs_tar, out, prefix="rootfs", extra_files={"config.json": config_json},
+               mount_points=mount_points(json.loads(config_json)))
 
 
 def _app_build(ctx: Context) -> tuple[str, dict[str, Any]]:
@@ -475,8 +479,8 @@ def _snapshot_doc(ctx: Context) -> tuple[Any, dict[str, Any]]:
     version = ctx.memo("cm-version", cm.installed_version)
     if version is None:
         raise CmbuildError("snapshots are made by cartesi-machine, which is not installed",
-                           hint="install the Cartesi machine emulator (machine-emulator v0.21.0 of the "
-                                "cartesi organisation), or use `doit run` to run the container under QEMU")
+                           hint=f"{cm.INSTALL_HINT}; or set [machine].backend = \"qemu\" and use "
+                                "`cmbuild run` to run the container under QEMU")
     drives_in = {label: ctx.output("runtime" if label == "root" else "app" if label == "app" else f"drive-{label}")
                  for label, _p, _ro in machine_drives(ctx)}
     options = {"ram_length": m.ram_length, "bootargs": m.bootargs, "max_mcycle": m.max_mcycle,

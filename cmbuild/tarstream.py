@@ -39,13 +39,45 @@ def _file_info(name: str, size: int, mode: int = 0o644) -> tarfile.TarInfo:
     return ti
 
 
-def prefix_tar(src: Path, out: BinaryIO, *, prefix: str, extra_files: dict[str, bytes]) -> None:
+def _missing_dirs(fd: int, size: int, wanted: list[str]) -> list[bytes]:
+    """The directories of ``wanted`` (absolute paths in the tree) and their parents that the
+    canonical tar does not hold, in canonical order. Reads headers only."""
+    from .oci import tarutil
+
+    need: set[bytes] = set()
+    for path in wanted:
+        parts = [p for p in path.encode().split(b"/") if p and p != b"."]
+        if b".." in parts:
+            continue
+        for i in range(1, len(parts) + 1):
+            need.add(b"/".join(parts[:i]))
+    if not need:
+        return []
+    for e in tarutil.iter_tar(fd, size):
+        name = e.name
+        while name.startswith(b"./"):
+            name = name[2:]
+        name = name.rstrip(b"/")
+        # anything there (a directory, or a symlink that the runtime resolves) is left alone,
+        # and so is everything below it
+        for n in [n for n in need if n == name or n.startswith(name + b"/")]:
+            if n == name or e.type != tarutil.DIR:
+                need.discard(n)
+    return sorted(need, key=lambda n: n.split(b"/"))
+
+
+def prefix_tar(src: Path, out: BinaryIO, *, prefix: str, extra_files: dict[str, bytes],
+               mount_points: list[str] = ()) -> None:
     """Copy the canonical tar ``src`` under ``prefix/`` and add ``extra_files`` at the top.
 
     Files sorting before ``prefix`` come first, then the prefix directory and its entries
     (whose order is kept: the source is already canonical), then the rest. Headers are
     rewritten with the flattener's canonical writer and file data is copied block for block
-    (no per-entry Python tarfile objects: this runs over every byte of the image)."""
+    (no per-entry Python tarfile objects: this runs over every byte of the image).
+
+    ``mount_points`` (absolute paths in the tree) that the tree lacks are added as empty
+    directories (mode 755, root, time 0) in their canonical place, so that a runtime can mount
+    on them even when the tree is read-only."""
     from .oci import tarutil
 
     pfx = prefix.encode()
@@ -58,17 +90,25 @@ def prefix_tar(src: Path, out: BinaryIO, *, prefix: str, extra_files: dict[str, 
         w.header(tarutil.build_header(name.encode(), tarutil.REG, 0o644, 0, 0, len(data), 0))
         w._put(data + bytes(tarutil._padded(len(data)) - len(data)))
 
+    def add_dir(name: bytes) -> None:
+        w.header(tarutil.build_header(pfx + b"/" + name, tarutil.DIR, 0o755, 0, 0, 0, 0))
+
     for name in before:
         add_file(name)
     w.header(tarutil.build_header(pfx, tarutil.DIR, 0o755, 0, 0, 0, 0))
     fd = os.open(src, os.O_RDONLY)
     try:
-        for e in tarutil.iter_tar(fd, os.fstat(fd).st_size):
+        size = os.fstat(fd).st_size
+        missing = _missing_dirs(fd, size, list(mount_points))
+        for e in tarutil.iter_tar(fd, size):
             name = e.name
             while name.startswith(b"./"):
                 name = name[2:]
             if name in (b"", b".", b"./"):
                 continue
+            key = name.rstrip(b"/").split(b"/")
+            while missing and missing[0].split(b"/") < key:
+                add_dir(missing.pop(0))
             link = e.linkname
             if e.type == tarutil.LNK:
                 while link.startswith(b"./"):
@@ -78,6 +118,8 @@ def prefix_tar(src: Path, out: BinaryIO, *, prefix: str, extra_files: dict[str, 
                                           e.mtime, link, e.devmajor, e.devminor, e.xattrs))
             if e.size and e.type not in tarutil.HEADER_ONLY:
                 w.data_from(fd, e.offset, e.size)
+        for name in missing:
+            add_dir(name)
     finally:
         os.close(fd)
     for name in after:

@@ -184,6 +184,9 @@ def _exit_with_container_code() -> None:
 
 
 def run_action(ctx: Context) -> Any:
+    """Boot the machine and run the container. The command ends with the container's exit
+    code when init reported it, else with 124 (timeout) or 125 (the machine ended without the
+    container's end), never 0 for a failure (see cmbuild.machines.outcome)."""
     backend, why = choose_backend(ctx.project)
     _say(f"backend: {backend} ({why})")
     m = ctx.project.machine
@@ -203,22 +206,15 @@ def run_action(ctx: Context) -> Any:
                               append=list(kernel.get("cmdline", [])) + list(m.bootargs),
                               ram=f"{max(m.ram_length, QEMU_MIN_RAM) >> 20}M", timeout=m.timeout,
                               stream=sys.stdout)
-            code, reason = result.exit_code, result.reason
-            if reason != qemu.REASON_EXIT_LINE:
-                hint = " (raise [machine].timeout if the container needs longer)" if code == 124 else ""
-                _say(f"error: {reason}{hint}")
-                _say(f"exit code {code}")
-                _EXIT_CODE["run"] = code
-                atexit.register(_exit_with_container_code)
-                return None
+            outcome = result.outcome()
         else:
             from .machines import cartesi as cm
-            result = cm.run(version=cm.installed_version(), ram_image=ctx.path("kernel"),
-                            ram_length=str(m.ram_length),
+            result = cm.run(version=cm.require_cartesi_machine("`cmbuild run` on the cartesi backend"),
+                            ram_image=ctx.path("kernel"), ram_length=str(m.ram_length),
                             drives=[cm.Drive(label=label, path=p, read_only=ro) for label, p, ro in dlist],
                             bootargs=m.bootargs, max_mcycle=m.max_mcycle, timeout=m.timeout,
                             final_hash=True)
-            code, reason = result.exit_code, getattr(result, "reason", "")
+            outcome = result.outcome()
             if result.final_hash:
                 _say(f"final hash: {result.final_hash}")
             if result.cycles is not None:
@@ -227,38 +223,52 @@ def run_action(ctx: Context) -> Any:
         return TaskFailed(f"stage '{e.stage}' has no output in the store; build it first")
     except CmbuildError as e:
         return TaskFailed(f"run: {e}")
-    _say(f"container exited with code {code}" + (f" ({reason})" if reason else ""))
-    _EXIT_CODE["run"] = code
+    if outcome.ok:
+        _say(outcome.reason)
+    else:
+        _say(f"error: {outcome.reason}")
+        _say(f"exit code {outcome.code}")
+    _EXIT_CODE["run"] = outcome.code
     atexit.register(_exit_with_container_code)
     return None
 
 
 def snapshot_qemu_action(ctx: Context) -> Any:
+    from .machines.cartesi import INSTALL_HINT
     _backend, why = choose_backend(ctx.project)
     return TaskFailed("snapshot: snapshots are made by the Cartesi backend (cartesi-machine), and this "
-                      f"build uses qemu ({why}).\n  Install the Cartesi machine emulator (v0.21.0) for "
-                      "snapshots and root hashes; meanwhile `doit run` runs the container under QEMU.")
+                      f"build uses qemu ({why}).\n  hint: {INSTALL_HINT}; meanwhile `cmbuild run` "
+                      "(`doit run`) runs the container under QEMU")
 
 
 def hash_action(ctx: Context, json_out: bool) -> Any:
-    lock = read_lock(ctx.project_dir)
-    root_hash = lock.get("root_hash")
+    """The root hash of the snapshot that the current configuration builds, never a stale one:
+    when the inputs changed since the last snapshot, say so and fail."""
+    why = None
     rec = None
     try:
         rec = ctx.record("snapshot")
-    except (NotBuilt, CmbuildError):
-        rec = None
-    if rec is not None:
-        root_hash = rec.meta.get("root_hash", root_hash)
+    except NotBuilt as e:
+        why = f"its input stage '{e.stage}' has no output for the current configuration"
+    except CmbuildError as e:
+        why = str(e)
+    if rec is None:
+        locked = read_lock(ctx.project_dir).get("stages", {}).get("snapshot")
+        if not locked:
+            return TaskFailed("hash: no snapshot has been built; run `cmbuild snapshot` first "
+                              "(snapshots need the Cartesi backend)" + (f" ({why})" if why else ""))
+        if why is None:
+            changed = changed_paths({"options": locked.get("options"), "inputs": locked.get("inputs")},
+                                    ctx.key_inputs("snapshot"))
+            why = "changed since: " + (", ".join(changed) or "its stage implementation")
+        return TaskFailed(f"hash: the snapshot in cartesi.lock ({locked.get('root_hash', '?')}) is out "
+                          f"of date: {why}; run `cmbuild snapshot` to build the current one")
+    root_hash = rec.meta.get("root_hash")
     if not root_hash:
-        return TaskFailed("hash: no snapshot has been built; run `doit snapshot` first "
-                          "(snapshots need the Cartesi backend)")
+        return TaskFailed("hash: the stored snapshot has no root hash; run `cmbuild snapshot` again")
     # as cartesi-machine-stored-hash (which `cartesi hash` uses) prints it: 0x<64 hex>
     hexhash = root_hash if root_hash.startswith("0x") else "0x" + root_hash
-    if json_out:
-        print(json.dumps({"hash": hexhash}))
-    else:
-        print(hexhash)
+    print(json.dumps({"hash": hexhash}) if json_out else hexhash, flush=True)
     return None
 
 
@@ -353,9 +363,10 @@ def make_namespace(cfg: str | os.PathLike[str] | None = None, argv: list[str] | 
         raise SystemExit(2) from None
     backend, why = choose_backend(ctx.project)
     if backend == "cartesi" and shutil.which("cartesi-machine") is None:
+        from .machines.cartesi import INSTALL_HINT
         print("cmbuild: warning: [machine].backend = \"cartesi\" but cartesi-machine is not on PATH: "
-              "snapshot and run need it (install the Cartesi machine emulator v0.21.0), or set "
-              "backend = \"qemu\" to run under QEMU", file=sys.stderr)
+              f"snapshot and run need it ({INSTALL_HINT}), or set backend = \"qemu\" to run under QEMU",
+              file=sys.stderr)
     tasks = make_tasks(ctx, path)
     # doit's own state lives in the store, one database per project folder (projects may share
     # a store); sqlite3 because two builds of one project may finish at the same moment.
@@ -364,7 +375,9 @@ def make_namespace(cfg: str | os.PathLike[str] | None = None, argv: list[str] | 
     doit_dir.mkdir(exist_ok=True)
     dep_file = doit_dir / (hashlib.sha256(str(ctx.project_dir).encode()).hexdigest()[:16] + ".sqlite")
     namespace: dict[str, Any] = {
-        "DOIT_CONFIG": {"dep_file": str(dep_file), "backend": "sqlite3",
+        # doit's own lines ("-- kernel", ". snapshot") go to standard error: standard output
+        # carries only what scripts read (the hash, JSON) and the container's output
+        "DOIT_CONFIG": {"dep_file": str(dep_file), "backend": "sqlite3", "outfile": sys.stderr,
                         "default_tasks": _default_tasks(sys.argv[1:] if argv is None else argv),
                         "verbosity": 2, "action_string_formatting": "new"},
     }

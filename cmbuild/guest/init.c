@@ -24,6 +24,9 @@
  *                                  before the machine ends
  *   cmbuild.overlay=0              do not use overlayfs even when the kernel has it (to test, under
  *                                  QEMU, the fallbacks a Cartesi kernel without overlayfs takes)
+ *   cmbuild.direct=1 -- CMD ARGS   benchmarks only: prepare the bundle exactly as for crun, then
+ *                                  run CMD ARGS chrooted in /run/bundle/rootfs directly, without
+ *                                  crun (the kernel passes the words after "--" to init)
  *
  * Drives are found BY LABEL, never by order:
  *   cartesi: /proc/device-tree/aliases/<label> holds "/pmem@<start>"; the block device is the
@@ -62,6 +65,9 @@
  *   107  an extra drive could not be mounted at /run/drives/<label>
  *   108  crun could not be started (fork or exec)
  *   109  waiting for crun failed
+ *   110  crun could not create the container (its own error is on the console above): the
+ *        container's process never ran. Told apart from the container's own exit code by crun's
+ *        pid file, which crun writes only once the container is set up.
  * The boot shim (shim.c, QEMU only) uses 120-123. A container may itself exit with any of these
  * numbers; the "cmbuild: error:" line on the console tells them apart.
  */
@@ -97,6 +103,7 @@ enum {
     E_DRIVE_MOUNT = 107,
     E_EXEC = 108,
     E_WAIT = 109,
+    E_CRUN = 110,
 };
 
 enum machine { M_UNKNOWN, M_CARTESI, M_QEMU };
@@ -105,10 +112,12 @@ enum fstype { FS_UNKNOWN, FS_SQUASHFS, FS_EXT };
 static enum machine machine = M_UNKNOWN;
 static int debug = 0;
 static int no_overlay = 0; /* cmbuild.overlay=0: behave as if the kernel had no overlayfs */
+static int direct = 0;     /* cmbuild.direct=1: run init's arguments without crun (benchmarks) */
 
 #define CRUN "/usr/bin/crun"
 #define BUSYBOX "/bin/busybox"
 #define CONTAINER_ID "cmbuild"
+#define CRUN_PID_FILE "/run/crun.pid"
 
 /* ---------------------------------------------------------------- console and ending ----- */
 
@@ -314,6 +323,8 @@ static void read_cmdline(void)
             debug = 1;
         } else if (strcmp(tok, "cmbuild.overlay=0") == 0) {
             no_overlay = 1;
+        } else if (strcmp(tok, "cmbuild.direct=1") == 0) {
+            direct = 1;
         }
     }
     if (machine == M_UNKNOWN) {
@@ -643,34 +654,17 @@ static void mount_extra_drives(void)
 
 /* --------------------------------------------------------------------- main ------------- */
 
-static int run_container(void)
+/* Wait for `pid` as PID 1 (reaping every orphan on the way); its exit code, 128+S when a
+   signal S killed it. */
+static int wait_child(pid_t pid, const char *what)
 {
-    char *argv[] = {CRUN, "--cgroup-manager=disabled", "--root=/run/crun", "run",
-                    "--bundle", "/run/bundle", CONTAINER_ID, NULL};
-    char *envp[] = {"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/", "TERM=linux", NULL};
-    if (mkdir_p("/run/crun", 0700) < 0)
-        fail(E_EXEC, "mkdir /run/crun", errno);
-    dbg("cmbuild: starting " CRUN);
-    pid_t pid = fork();
-    if (pid < 0)
-        fail(E_EXEC, "fork", errno);
-    if (pid == 0) {
-        sigset_t none;
-        sigemptyset(&none);
-        sigprocmask(SIG_SETMASK, &none, NULL);
-        setsid();
-        execve(CRUN, argv, envp);
-        say("cmbuild: error: exec " CRUN ": %s", strerror(errno));
-        _exit(E_EXEC);
-    }
-    /* PID 1: reap everything; the container's status is crun's. */
     for (;;) {
         int st;
         pid_t r = wait(&st);
         if (r < 0) {
             if (errno == EINTR)
                 continue;
-            fail(E_WAIT, "wait for crun", errno);
+            failf(E_WAIT, errno, "wait for %s", what);
         }
         if (r != pid)
             continue;
@@ -681,7 +675,7 @@ static int run_container(void)
             code = 128 + WTERMSIG(st);
         else
             continue;
-        dbg("cmbuild: crun ended with %d", code);
+        dbg("cmbuild: %s ended with %d", what, code);
         /* reap what is left, without blocking */
         while (waitpid(-1, &st, WNOHANG) > 0)
             ;
@@ -689,7 +683,56 @@ static int run_container(void)
     }
 }
 
-int main(void)
+static pid_t spawn(char *const argv[], char *const envp[], const char *root)
+{
+    pid_t pid = fork();
+    if (pid < 0)
+        fail(E_EXEC, "fork", errno);
+    if (pid == 0) {
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        setsid();
+        if (root && (chroot(root) < 0 || chdir("/") < 0)) {
+            say("cmbuild: error: chroot %s: %s", root, strerror(errno));
+            _exit(E_EXEC);
+        }
+        execve(argv[0], argv, envp);
+        say("cmbuild: error: exec %s: %s", argv[0], strerror(errno));
+        _exit(E_EXEC);
+    }
+    return pid;
+}
+
+static char *default_env[] = {"PATH=/usr/sbin:/usr/bin:/sbin:/bin",
+                              "HOME=/", "TERM=linux", NULL};
+
+static int run_container(void)
+{
+    char *argv[] = {CRUN, "--cgroup-manager=disabled", "--root=/run/crun", "run",
+                    "--pid-file=" CRUN_PID_FILE, "--bundle", "/run/bundle", CONTAINER_ID, NULL};
+    if (mkdir_p("/run/crun", 0700) < 0)
+        fail(E_EXEC, "mkdir /run/crun", errno);
+    dbg("cmbuild: starting " CRUN);
+    int code = wait_child(spawn(argv, default_env, NULL), "crun");
+    /* crun writes its pid file once the container is set up, just before the container's
+       process runs: without it, a failure is crun's own, not the container's exit code. */
+    if (code != 0 && access(CRUN_PID_FILE, F_OK) < 0)
+        failf(E_CRUN, 0, "crun could not create the container (crun exited with %d; its message "
+                         "is above)", code);
+    return code;
+}
+
+/* cmbuild.direct=1: the same bundle, the command run chrooted in it without crun. */
+static int run_direct(int argc, char **argv)
+{
+    if (argc < 2)
+        fail(E_EXEC, "cmbuild.direct=1 needs a command after \"--\" on the kernel command line", 0);
+    say("cmbuild: direct run of %s without crun", argv[1]);
+    return wait_child(spawn(argv + 1, default_env, "/run/bundle/rootfs"), argv[1]);
+}
+
+int main(int argc, char **argv)
 {
     if (getpid() != 1) {
         fprintf(stderr, "cmbuild init: must run as PID 1\n");
@@ -739,6 +782,6 @@ int main(void)
         app_rw ? "read-write" : "read-only");
     prepare_bundle(app_type, app_rw);
     mount_extra_drives();
-    int code = run_container();
+    int code = direct ? run_direct(argc, argv) : run_container();
     finish(code);
 }

@@ -19,8 +19,11 @@ Everything here follows ``shared/cartesi-machine.md`` (facts from machine-emulat
   manual yield with ``--assert-rolling-template --store=DIR`` (a rollups app waiting for its
   first input), or a run to ``--max-mcycle=N``. Its root hash is read back with ``cartesi-machine-stored-hash DIR`` and must be
   the one the emulator printed (``--initial-hash`` / ``--final-hash``).
-- The exit code of a run is ``N`` from ``Halted with payload: N`` (0 for a bare ``Halted``,
-  which the emulator prints for payload 0), else the process's return code.
+- How a run ended is judged by :mod:`cmbuild.machines.outcome`, as for every backend: the
+  container's exit code is the one in init's ``cmbuild: exit-code N`` console line, and the
+  machine must have halted with that payload (``Halted with payload: N``; a bare ``Halted``
+  is payload 0). A bare ``Halted`` without init's line is a failure, not an exit code 0: a
+  kernel panic ends the machine exactly that way.
 
 Nothing is faked: without ``cartesi-machine`` on PATH the functions that need it raise a
 :class:`CmbuildError` that says what to install.
@@ -40,6 +43,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import CmbuildError
+from . import DRIVE_LABEL_RULE, valid_label
+from . import outcome as oc
 
 EXECUTABLE = "cartesi-machine"
 STORED_HASH_EXECUTABLE = "cartesi-machine-stored-hash"
@@ -137,14 +142,9 @@ def _escape(value: str) -> str:
 
 
 def _check_label(label: str) -> None:
-    # Newer emulators accept only lowercase letters, digits and hyphens, starting with a letter,
-    # at most 31 characters; keep to that set for every version.
-    if not re.fullmatch(r"[a-z][a-z0-9-]{0,30}", label or ""):
-        raise CmbuildError(
-            f"invalid flash drive label {label!r}",
-            where="--flash-drive",
-            hint="use lowercase letters, digits and '-', starting with a letter, at most 31 characters",
-        )
+    if not valid_label(label):
+        raise CmbuildError(f"invalid flash drive label {label!r}", where="--flash-drive",
+                           hint=f"use {DRIVE_LABEL_RULE}")
 
 
 def flash_drive_arg(d: Drive, version: Version) -> str:
@@ -318,7 +318,7 @@ def _pump(pipe: BinaryIO, sink: Sink, keep: list[bytes] | None) -> None:
 class RunResult:
     command: list[str]
     returncode: int
-    exit_code: int  # the guest's exit code when it halted, else the process's return code
+    exit_code: int  # the guest's halt payload when it halted, else the process's return code
     halted: bool
     payload: int | None
     cycles: int | None
@@ -326,15 +326,48 @@ class RunResult:
     final_hash: str | None
     yield_reason: str | None
     report: str = field(repr=False, default="")  # the emulator's stderr
+    console: oc.Console = field(repr=False, default_factory=oc.Console)
+    max_mcycle: int | None = None
+    timeout: float | None = None
+    timed_out: bool = False
 
     @property
     def reason(self) -> str:
-        """Why the run ended, in words."""
+        """How the emulator stopped, in words."""
+        if self.timed_out:
+            return f"stopped after the {self.timeout:g} s timeout"
         if self.halted:
             return f"halted with payload {self.payload}"
         if self.yield_reason:
             return f"manual yield {self.yield_reason}"
         return f"emulator exit code {self.returncode}" if self.returncode else "stopped (--max-mcycle)"
+
+    def outcome(self) -> oc.Outcome:
+        """How the container's run ended (see :mod:`cmbuild.machines.outcome`)."""
+        console, code = self.console, self.console.exit_code
+        if self.timed_out:
+            return oc.timed_out(self.timeout or 0)
+        if self.halted:
+            if code is None:
+                how = "the machine halted" + (f" with payload {self.payload}" if self.payload else "")
+                return oc.not_reported(console, how)
+            if self.payload != code or self.returncode != code & 0xFF:
+                return oc.Outcome(oc.NO_REPORT, False,
+                                  f"init reported exit code {code}, but the machine halted with "
+                                  f"payload {self.payload} and {EXECUTABLE} exited with "
+                                  f"{self.returncode}")
+            return oc.reported(code)
+        if self.returncode != 0:
+            tail = " | ".join(self.report.strip().splitlines()[-3:])
+            return oc.Outcome(oc.NO_REPORT, False,
+                              f"{EXECUTABLE} failed with exit code {self.returncode}: {tail}")
+        if self.yield_reason:
+            return oc.not_reported(console, f"the machine stopped at a manual yield "
+                                            f"({self.yield_reason})")
+        if code is not None:  # the container ended; the limit came before the power-off
+            return oc.reported(code)
+        return oc.not_reported(console, f"the machine reached max_mcycle = {self.max_mcycle} "
+                                        f"(cycle {self.cycles})")
 
 
 def run(
@@ -365,7 +398,12 @@ def run(
     for path, what in [(Path(ram_image), "RAM image"), *[(Path(d.path), f"drive {d.label}") for d in drives]]:
         if not path.is_file():
             raise CmbuildError(f"{what} not found", where=str(path))
-    console = console or _default_sink(sys.stdout)
+    sink = console or _default_sink(sys.stdout)
+    watch = oc.Console()
+
+    def console_sink(data: bytes) -> None:
+        watch.feed(data)
+        sink(data)
     report = report or _default_sink(sys.stderr)
     stderr_chunks: list[bytes] = []
     try:
@@ -384,7 +422,7 @@ def run(
     if timer:
         timer.start()
     try:
-        _pump(proc.stdout, console, None)
+        _pump(proc.stdout, console_sink, None)
         rc = proc.wait()
         err_thread.join()
     finally:
@@ -395,11 +433,16 @@ def run(
             proc.wait()
         proc.stdout.close()
         proc.stderr.close()
+    watch.close()
     text = b"".join(stderr_chunks).decode("utf-8", "replace")
     if timed_out.is_set():
-        raise CmbuildError(f"{EXECUTABLE} did not finish within {timeout} s and was stopped",
-                           where=" ".join(cmd[:1]))
-    return _result(cmd, rc, text, initial_hash=initial_hash, final_hash=final_hash)
+        return RunResult(command=cmd, returncode=rc, exit_code=oc.TIMEOUT, halted=False, payload=None,
+                         cycles=None, initial_hash=None, final_hash=None, yield_reason=None,
+                         report=text, console=watch, max_mcycle=max_mcycle, timeout=timeout,
+                         timed_out=True)
+    result = _result(cmd, rc, text, initial_hash=initial_hash, final_hash=final_hash)
+    result.console, result.max_mcycle, result.timeout = watch, max_mcycle, timeout
+    return result
 
 
 def _result(cmd: list[str], rc: int, text: str, *, initial_hash: bool, final_hash: bool) -> RunResult:
@@ -482,9 +525,15 @@ def snapshot(
 
 
 def _check_snapshot(store_dir: Path, result: RunResult, *, rolling: bool, initial: bool) -> Snapshot:
+    if result.timed_out:
+        raise CmbuildError(f"{EXECUTABLE} did not finish within {result.timeout:g} s and was stopped",
+                           where=" ".join(result.command),
+                           hint="raise [machine].timeout if the machine needs longer")
     if rolling and result.returncode != 0:
         if result.halted:
-            what = f"the machine halted (exit code {result.exit_code}) before its first input"
+            out = result.outcome()
+            what = (f"the machine halted before its first input: {out.reason}"
+                    f"; last console lines: {result.console.last_lines()}")
         else:
             what = (f"the machine stopped at {result.yield_reason or 'no manual yield'} "
                     f"(emulator exit code {result.returncode})")
@@ -495,9 +544,16 @@ def _check_snapshot(store_dir: Path, result: RunResult, *, rolling: bool, initia
                  "before a rolling snapshot can be taken",
         )
     if not rolling and not initial and result.halted:
-        pass  # a machine that halts before max_mcycle is stored halted: that is its state
+        # the machine ended before max_mcycle: it is stored halted, which is only a state worth
+        # keeping when the container ended well
+        out = result.outcome()
+        if not out.ok or out.code != 0:
+            raise CmbuildError(f"the machine halted before max_mcycle = {result.max_mcycle}: "
+                               f"{out.reason}", where=" ".join(result.command))
     elif result.returncode != 0:
-        raise CmbuildError(f"{EXECUTABLE} exited with {result.returncode}", where=" ".join(result.command))
+        raise CmbuildError(f"{EXECUTABLE} exited with {result.returncode}: "
+                           + " | ".join(result.report.strip().splitlines()[-3:]),
+                           where=" ".join(result.command))
     printed = result.initial_hash if initial else result.final_hash
     hashes = parse_hash(result.report)["hashes"]
     if printed is None or not hashes:

@@ -11,9 +11,10 @@ The guest finds each drive by its virtio serial (its label: ``root``, ``app``, e
 The console is streamed line by line as it comes; the container's exit code is the number on
 the LAST ``cmbuild: exit-code N`` line the guest's init prints before it powers off (init's own
 failure codes, 100-123, come the same way: see docs/guest.md). QEMU stopping without that line,
-or the timeout passing, is reported with a clear ``reason``.
+or the timeout passing, is reported with a clear ``reason``, judged as on every backend by
+:mod:`cmbuild.machines.outcome`.
 
-A qemu machine cannot be snapshotted: only the Cartesi machine can (``snapshot_unsupported``).
+A qemu machine cannot be snapshotted: only the Cartesi machine can.
 """
 
 from __future__ import annotations
@@ -30,11 +31,10 @@ from pathlib import Path
 from typing import Iterable, Sequence, TextIO
 
 from ..errors import CmbuildError
+from . import DRIVE_LABEL_RULE, valid_label
+from . import outcome as oc
 
 QEMU = "qemu-system-riscv64"
-SERIAL_MAX = 20  # virtio-blk serial (VIRTIO_BLK_ID_BYTES)
-EXIT_LINE = re.compile(r"^cmbuild: exit-code (\d+)\s*$")
-_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 BASE_CMDLINE = ("console=ttyS0", "quiet", "panic=-1")
 # OpenSBI's start-up banner: its first line, the logo, and "Name : value" lines
 _BANNER_FIRST = re.compile(r"^OpenSBI v\d")
@@ -75,15 +75,20 @@ class RunResult:
     def ok(self) -> bool:
         return self.reason == REASON_EXIT_LINE
 
+    def outcome(self) -> oc.Outcome:
+        if self.ok:
+            return oc.reported(self.exit_code)
+        hint = oc.TIMEOUT_HINT if self.reason.startswith(REASON_TIMEOUT) else ""
+        return oc.Outcome(self.exit_code, False, self.reason + hint)
+
 
 def validate_drives(drives: Sequence[Drive]) -> None:
     """Labels must be usable as virtio serials (at most 20 characters) and unique; the
     runtime layer (``root``) must be there; files must exist."""
     seen: set[str] = set()
     for d in drives:
-        if not _LABEL.match(d.label) or len(d.label) > SERIAL_MAX:
-            raise CmbuildError(f"drive label {d.label!r} cannot be a virtio-blk serial: use "
-                               f"at most {SERIAL_MAX} characters of A-Z a-z 0-9 _ . -",
+        if not valid_label(d.label):
+            raise CmbuildError(f"invalid drive label {d.label!r}: use {DRIVE_LABEL_RULE}",
                                where=str(d.path))
         if d.label in seen:
             raise CmbuildError(f"two drives are labelled {d.label!r}")
@@ -158,27 +163,23 @@ def run(*, kernel: Path, initrd: Path, drives: list[Drive], append: Sequence[str
     os.set_blocking(proc.stdout.fileno(), False)
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ)
+    console = oc.Console()
     lines: list[str] = []
-    pending = b""
-    code: int | None = None
     timed_out = False
     in_banner = False
 
-    def take(line: bytes) -> None:
-        nonlocal code, in_banner
-        text = line.decode("utf-8", errors="replace").rstrip("\r\n").replace("\r", "")
-        lines.append(text)
-        if not firmware_banner:
-            if len(lines) <= 2 and _BANNER_FIRST.match(text):
-                in_banner = True
-            elif in_banner and not _BANNER_LINE.match(text):
-                in_banner = False
-        if stream is not None and not in_banner:
-            stream.write(text + "\n")
-            stream.flush()
-        m = EXIT_LINE.match(text)
-        if m:
-            code = int(m.group(1))
+    def show(new: list[str]) -> None:
+        nonlocal in_banner
+        for text in new:
+            lines.append(text)
+            if not firmware_banner:
+                if len(lines) <= 2 and _BANNER_FIRST.match(text):
+                    in_banner = True
+                elif in_banner and not _BANNER_LINE.match(text):
+                    in_banner = False
+            if stream is not None and not in_banner:
+                stream.write(text + "\n")
+                stream.flush()
 
     try:
         eof = False
@@ -192,12 +193,8 @@ def run(*, kernel: Path, initrd: Path, drives: list[Drive], append: Sequence[str
                 if not chunk:
                     eof = True
                     break
-                pending += chunk
-                *done, pending = pending.split(b"\n")
-                for line in done:
-                    take(line)
-        if pending:
-            take(pending)
+                show(console.feed(chunk))
+        show(console.close())
     finally:
         sel.close()
         _kill(proc)
@@ -206,28 +203,9 @@ def run(*, kernel: Path, initrd: Path, drives: list[Drive], append: Sequence[str
     seconds = time.monotonic() - start
     output = "\n".join(lines) + ("\n" if lines else "")
     if timed_out:
-        return RunResult(124, output, f"{REASON_TIMEOUT}: the machine did not end within "
+        return RunResult(oc.TIMEOUT, output, f"{REASON_TIMEOUT}: the machine did not end within "
                          f"{timeout:g} s and was killed", seconds)
-    if code is None:
-        tail = " | ".join(l for l in lines[-5:] if l.strip())
-        return RunResult(125, output, f"{REASON_NO_EXIT_LINE}: QEMU exited (status {rc}) "
-                         f"without a 'cmbuild: exit-code N' line; last output: {tail or '(none)'}",
-                         seconds)
-    return RunResult(code, output, REASON_EXIT_LINE, seconds)
-
-
-def check(result: RunResult) -> int:
-    """The exit code of a run that ended normally; a CmbuildError for a timeout or a machine
-    that stopped without saying its exit code."""
-    if not result.ok:
-        raise CmbuildError(f"the qemu machine failed: {result.reason}",
-                           hint="run again with cmbuild.debug=1 on the kernel command line "
-                                "for init's messages and a shell")
-    return result.exit_code
-
-
-def snapshot_unsupported() -> None:
-    """A qemu machine has no snapshot: say so and what to do instead."""
-    raise CmbuildError("snapshots need the Cartesi backend (machine = \"cartesi\" with "
-                       "cartesi-machine installed); the qemu backend can only boot and run",
-                       hint="use `doit run` to boot the image under QEMU and run the container")
+    if console.exit_code is None:
+        how = oc.not_reported(console, f"QEMU exited (status {rc})").reason
+        return RunResult(oc.NO_REPORT, output, f"{REASON_NO_EXIT_LINE}: {how}", seconds)
+    return RunResult(console.exit_code, output, REASON_EXIT_LINE, seconds)

@@ -435,6 +435,22 @@ def _mounts(cfg: dict, extra_mounts: Sequence[Mount], user: ResolvedUser) -> lis
     return _default_mounts() + extra
 
 
+def mount_points(doc: dict[str, Any]) -> list[str]:
+    """The directories that must exist in the root file system for ``doc`` (a runtime config)
+    to run on a read-only root: every mount destination that no other mount of the config
+    provides (``/dev/pts`` lives in the ``/dev`` tmpfs, ``/proc`` must be on the drive), and
+    ``process.cwd``, which crun would otherwise try to create."""
+    dests = [posixpath.normpath(m["destination"]) for m in doc.get("mounts", [])
+             if isinstance(m.get("destination"), str) and m["destination"].startswith("/")]
+    cwd = (doc.get("process") or {}).get("cwd")
+    out = {d for d in dests if not any(d != o and _is_same_or_under(d, o) for o in dests)}
+    if isinstance(cwd, str) and cwd.startswith("/") and cwd != "/":
+        c = posixpath.normpath(cwd)
+        if not any(_is_same_or_under(c, o) for o in dests):
+            out.add(c)
+    return sorted(out)
+
+
 # --------------------------------------------------------------------------- users
 
 

@@ -22,15 +22,19 @@ Recipes: ``recipes/kernel/<name>.toml``; each machine has a default (:data:`DEFA
   from each module's ``depends=``). The shim loads them, mounts the runtime layer (virtio serial
   ``root``) and hands over to the layer's ``/sbin/init``. The firmware is QEMU's own OpenSBI
   (``-bios default``).
-- ``cartesi``: the Cartesi kernel (OpenSBI fw_payload + Linux in one RAM image), downloaded from
-  the recipe's URL with its sha256 checked while it streams into the store
-  (:func:`fetch_url`), or a local file (:func:`build_kernel_from_file`). No initrd.
+- ``cartesi``: the Cartesi kernel (OpenSBI fw_payload + Linux in one RAM image) pinned by the
+  recipe's sha256: taken from a local file with that sha256 when the emulator's images are on
+  this machine (:func:`local_kernel`: ``$CARTESI_IMAGES_PATH``, the emulator's own default),
+  else downloaded from the recipe's URL with its sha256 checked while it streams into the store
+  (:func:`fetch_url`); or, with ``[machine].ram_image``, any local file
+  (:func:`build_kernel_from_file`). No initrd.
 """
 
 from __future__ import annotations
 
 import gzip
 import lzma
+import os
 import stat
 import struct
 from dataclasses import dataclass
@@ -377,9 +381,34 @@ def fetch_url(store: Store, url: str, sha256: str, *, timeout: float = DOWNLOAD_
     return w.digest
 
 
+# where an installed emulator keeps its kernel: $CARTESI_IMAGES_PATH (what cartesi-machine
+# boots by default), then the install prefixes of its release packages
+IMAGE_DIRS = ("/usr/share/cartesi-machine/images", "/usr/local/share/cartesi-machine/images",
+              "/opt/cartesi/share/images")
+
+
+def local_kernel(recipe: KernelRecipe) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """A local file with the recipe's sha256 (the pinned kernel, no download needed), and the
+    other candidates looked at with their digests (for the error when there is none)."""
+    dirs = [d for d in (os.environ.get("CARTESI_IMAGES_PATH"), *IMAGE_DIRS) if d]
+    names = [Path(recipe.url or "").name, "linux.bin"]
+    seen: list[tuple[Path, str]] = []
+    for d in dirs:
+        for name in names:
+            p = Path(d) / name
+            if not name or not p.is_file() or any(p.resolve() == q.resolve() for q, _ in seen):
+                continue
+            digest = sha256_file(p)
+            if digest == recipe.file_sha256:
+                return p, seen
+            seen.append((p, digest))
+    return None, seen
+
+
 def build_cartesi_kernel(store: Store, recipe: KernelRecipe) -> str:
-    """The cartesi kernel stage from a ``machine = "cartesi"`` recipe (download + verify);
-    the output is the RAM image's digest."""
+    """The cartesi kernel stage from a ``machine = "cartesi"`` recipe: a local file with the
+    pinned sha256 when there is one, else a verified download; the output is the RAM image's
+    digest."""
     if recipe.machine != "cartesi" or not recipe.url:
         raise CmbuildError(f"recipe {recipe.version} is not a cartesi kernel recipe")
     key = stage_key(STAGE, STAGE_VERSION, {"machine": "cartesi", "source": "url"},
@@ -388,7 +417,22 @@ def build_cartesi_kernel(store: Store, recipe: KernelRecipe) -> str:
         rec = store.get_key(key)
         if rec is not None:
             return rec.output
-        out = fetch_url(store, recipe.url, recipe.file_sha256)
+        local, others = local_kernel(recipe)
+        if local is not None:
+            out = store.add_file(local, expect=recipe.file_sha256)
+            store.put_key(key, STAGE, out, {"recipe": recipe.version, "file": local.name})
+            return out
+        try:
+            out = fetch_url(store, recipe.url, recipe.file_sha256)
+        except CmbuildError as e:
+            looked = "; ".join(f"{p} is another kernel ({d[7:19]}...)" for p, d in others)
+            raise CmbuildError(
+                f"Cartesi's kernel {recipe.version} ({recipe.file_sha256[:19]}...) is not on this "
+                f"machine and could not be downloaded: {e.message}"
+                + (f". Looked at: {looked}" if looked else ""), where=e.where or recipe.url,
+                hint="set [machine].ram_image = \"<path of a kernel file>\" to boot a kernel of "
+                     "your own (its sha256 then enters the build), or [machine].backend = \"qemu\" "
+                     "to run under QEMU; or put the pinned kernel in $CARTESI_IMAGES_PATH") from None
         store.put_key(key, STAGE, out, {"recipe": recipe.version, "url": recipe.url})
         return out
 
