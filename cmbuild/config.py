@@ -187,6 +187,11 @@ class DriveConfig(BaseModel):
             raise ValueError("ext2 drives are not compressed: use compression = \"none\" or format = \"squashfs\"")
         if self.format == "squashfs" and self.extra_size:
             raise ValueError("extra_size needs a writable drive: use format = \"ext2\"")
+        if self.format == "squashfs" and self.size is not None:
+            raise ValueError("size is for ext2 drives: a squashfs drive is exactly as large as its "
+                             "content (use format = \"ext2\" for a drive of a given size)")
+        if self.size is not None and self.extra_size:
+            raise ValueError("give size (the whole drive) or extra_size (free space), not both")
         if self.builder == "directory" and self.directory is None:
             raise ValueError("builder = \"directory\" needs directory = \"<path>\"")
         if self.builder == "tar" and self.filename is None:

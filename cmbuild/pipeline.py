@@ -24,17 +24,9 @@ from typing import Any, Callable
 from . import drives
 from .config import Project
 from .errors import CmbuildError
-from .store import KeyRecord, Store, canonical_json, sha256_file, stage_key
+from .store import KeyRecord, Store, sha256_file, stage_key, tree_digest
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-def recipes_root() -> Path:
-    env = os.environ.get("CMBUILD_RECIPES")
-    if env:
-        return Path(env)
-    packaged = Path(__file__).resolve().parent / "recipes"
-    return packaged if packaged.is_dir() else REPO_ROOT / "recipes"
+from .recipes import recipes_root
 
 
 class NotBuilt(Exception):
@@ -197,24 +189,6 @@ def changed_paths(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [] if old == new else [prefix or "(all)"]
 
 
-def dir_source_digest(path: Path) -> str:
-    """A digest of a local directory's content (names, types, modes, bytes)."""
-    h = hashlib.sha256()
-    for dirpath, dirnames, filenames in os.walk(path):
-        dirnames.sort()
-        for name in sorted(dirnames + filenames):
-            full = Path(dirpath) / name
-            rel = full.relative_to(path).as_posix()
-            st = full.lstat()
-            if full.is_symlink():
-                h.update(canonical_json(["l", rel, os.readlink(full)]))
-            elif full.is_dir():
-                h.update(canonical_json(["d", rel, st.st_mode & 0o7777]))
-            else:
-                h.update(canonical_json(["f", rel, st.st_mode & 0o7777, sha256_file(full)]))
-    return "sha256:" + h.hexdigest()
-
-
 # ======================================================================================
 # pull
 # ======================================================================================
@@ -311,7 +285,8 @@ def _config_build(ctx: Context) -> tuple[str, dict[str, Any]]:
 # ======================================================================================
 def _app_doc(ctx: Context) -> tuple[Any, dict[str, Any]]:
     d = ctx.project.app_drive()
-    return ({"format": d.format, "compression": d.compression, "extra_size": d.extra_size},
+    return ({"format": d.format, "compression": d.compression, "extra_size": d.extra_size,
+             "size": d.size},
             {"rootfs": ctx.output("unpack"), "config": ctx.output("config")})
 
 
@@ -339,7 +314,8 @@ def _app_build(ctx: Context) -> tuple[str, dict[str, Any]]:
             tar_path = tmp / "bundle.tar"
             with open(tar_path, "wb") as f:
                 bundle_tar(rootfs, cfg, f)
-            drives.make_drive(tar_path, img, d.format, d.compression, d.extra_size, label="app")
+            drives.make_drive(tar_path, img, d.format, d.compression, d.extra_size, label="app",
+                              size=d.size)
         digest = ctx.store.adopt(img)
     return digest, {"format": d.format}
 
@@ -429,7 +405,7 @@ def _drive_stage(name: str) -> Stage:
         options = {"builder": d.builder, "format": d.format, "compression": d.compression,
                    "extra_size": d.extra_size, "size": d.size}
         if d.builder == "directory":
-            return options, {"directory": dir_source_digest(d.directory)}
+            return options, {"directory": tree_digest(d.directory, modes=True)}
         if d.builder == "tar":
             return options, {"tar": source_digest(ctx.store, d.filename)}
         return options, {}

@@ -8,6 +8,7 @@ silently reuse an old build.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from pathlib import Path
@@ -25,7 +26,16 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-RECIPES_ROOT = Path(__file__).resolve().parent.parent / "recipes"
+def recipes_root() -> Path:
+    """Where the recipes are: ``$CMBUILD_RECIPES`` when set, else the ``recipes/`` folder that
+    ships with cmbuild (beside the package in a source checkout)."""
+    env = os.environ.get("CMBUILD_RECIPES")
+    if env:
+        return Path(env)
+    packaged = Path(__file__).resolve().parent / "recipes"
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parent.parent / "recipes"
+
+
 _VERSION_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+_-]*$")
 _APPLET_RE = re.compile(r"^[a-z0-9][a-z0-9_.\[\]-]*$")
 

@@ -69,9 +69,11 @@ def stage_key(stage: str, version: int | str, options: Any, inputs: dict[str, An
     return sha256_bytes(canonical_json(doc))
 
 
-def tree_digest(root: Path) -> str:
+def tree_digest(root: Path, *, modes: bool = False) -> str:
     """Digest of a directory: sha256 over a canonical listing of every entry (relative path,
-    kind, executable bit, and the sha256 of file contents or the target of a symlink)."""
+    kind, executable bit, and the sha256 of file contents or the target of a symlink); with
+    ``modes``, the permission bits of files and directories too (a source directory whose
+    modes shape what is built from it)."""
     lines: list[dict[str, Any]] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
@@ -89,8 +91,11 @@ def tree_digest(root: Path) -> str:
                               "sha256": sha256_file(Path(full))})
             else:
                 raise CmbuildError("only files, directories and symlinks can be stored", where=full)
+            if modes and not stat.S_ISLNK(st.st_mode):
+                lines[-1]["mode"] = st.st_mode & 0o7777
     lines.sort(key=lambda e: e["path"])
-    return sha256_bytes(b"cmbuild-tree-v1\n" + b"\n".join(canonical_json(e) for e in lines))
+    header = b"cmbuild-tree-v1+modes\n" if modes else b"cmbuild-tree-v1\n"
+    return sha256_bytes(header + b"\n".join(canonical_json(e) for e in lines))
 
 
 def _fsync_dir(path: Path) -> None:

@@ -183,12 +183,30 @@ def _exit_with_container_code() -> None:
         os._exit(code)
 
 
+def machine_words(ctx: Context) -> str:
+    """Which backend and kernel this build uses, and why: said by ``build`` and ``run``."""
+    backend, why = choose_backend(ctx.project)
+    ram_image = ctx.project.machine.ram_image
+    if backend == "cartesi" and ram_image is not None:
+        kernel = f"{ram_image} ([machine].ram_image)"
+    else:
+        from .stages.kernel import DEFAULT_KERNELS
+        kernel = f"recipes/kernel/{DEFAULT_KERNELS[backend]}.toml"
+        if backend == "cartesi":
+            kernel += " (Cartesi's, pinned by sha256)"
+    return f"backend: {backend} ({why}); kernel: {kernel}"
+
+
+def build_action(ctx: Context) -> None:
+    _say(machine_words(ctx))
+
+
 def run_action(ctx: Context) -> Any:
     """Boot the machine and run the container. The command ends with the container's exit
     code when init reported it, else with 124 (timeout) or 125 (the machine ended without the
     container's end), never 0 for a failure (see cmbuild.machines.outcome)."""
-    backend, why = choose_backend(ctx.project)
-    _say(f"backend: {backend} ({why})")
+    backend, _why = choose_backend(ctx.project)
+    _say(machine_words(ctx))
     m = ctx.project.machine
     try:
         from .pipeline import machine_drives
@@ -310,7 +328,7 @@ def make_tasks(ctx: Context, cfg: Path) -> list[dict[str, Any]]:
     order = build_order(project, "build")
     tasks = [stage_task(ctx, n) for n in order]
     tasks.append({"name": "build", "doc": "build every drive and the kernel (all that run and snapshot need)",
-                  "actions": None,
+                  "actions": [(build_action, [ctx])], "verbosity": 2,
                   "task_dep": ["app", "runtime", "kernel"] + [n for n in order if n.startswith("drive-")]})
     backend, _why = choose_backend(project)
     if backend == "cartesi":

@@ -269,7 +269,8 @@ def test_run_result_reason():
 @pytest.mark.parametrize(
     "rc, text, words",
     [
-        (2, "\nHalted\nCycles: 9\n", "halted (exit code 0) before its first input"),
+        (2, "\nHalted\nCycles: 9\n", "halted before its first input: the machine halted without "
+                                       "the container's end: init never started"),
         (2, "\nManual yield rx-rejected (0x000000 data)\nCycles: 9\n", "stopped at rx-rejected"),
     ],
 )

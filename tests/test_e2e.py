@@ -80,7 +80,7 @@ def test_doit_run_in_a_project_folder(tmp_path: Path, shared_cache: Path) -> Non
     again = run(proj, "run", tool="doit")
     assert again.returncode == 3
     import re
-    assert set(re.findall(r"^\.\s+(\S+)", again.stdout, re.M)) == {"boot"}
+    assert set(re.findall(r"^\.\s+(\S+)", again.stderr, re.M)) == {"boot"}
 
 
 def test_ext2_app_drive_and_a_data_volume(tmp_path: Path, shared_cache: Path) -> None:

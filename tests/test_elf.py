@@ -11,7 +11,7 @@ import pytest
 
 from cmbuild import elf
 from cmbuild.errors import CmbuildError
-from cmbuild.recipes import RECIPES_ROOT, load_runtime_recipe
+from cmbuild.recipes import recipes_root, load_runtime_recipe
 from cmbuild.stages.runtime import prepare_tree
 from cmbuild.store import Store
 
@@ -107,7 +107,7 @@ def tree(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     except AttributeError:
         root = tmp_path_factory.mktemp("debs")
     store = Store(root)
-    recipe = load_runtime_recipe(RECIPES_ROOT, "0.1.0")
+    recipe = load_runtime_recipe(recipes_root(), "0.1.0")
     out = tmp_path_factory.mktemp("tree")
     prepare_tree(store, recipe, out)  # the packages (and the libsystemd stub, if used)
     return out

@@ -13,7 +13,7 @@ from typing import Iterator
 import pytest
 
 from cmbuild.errors import CmbuildError
-from cmbuild.recipes import RECIPES_ROOT, KernelRecipe, load_kernel_recipe
+from cmbuild.recipes import recipes_root, KernelRecipe, load_kernel_recipe
 from cmbuild.stages import kernel
 from cmbuild.stages.kernel import CpioEntry, read_cpio, write_cpio
 from cmbuild.store import Store
@@ -24,11 +24,11 @@ CARTESI_SHA = "5c900060da2db2bfa84cd39cd9cd722988c83c42225f3cac55f2d3157e48f32f"
 # ----- recipes --------------------------------------------------------------------------------
 
 def test_shipped_recipes_load() -> None:
-    q = load_kernel_recipe(RECIPES_ROOT, "qemu-6.12.117-1")
+    q = load_kernel_recipe(recipes_root(), "qemu-6.12.117-1")
     assert q.machine == "qemu" and q.suite == "trixie" and q.architecture == "riscv64"
     assert q.package().name.startswith("linux-image-") and q.package().version == "6.12.117-1"
     assert {"virtio_mmio", "virtio_blk", "squashfs", "overlay", "ext4"} <= set(q.modules)
-    c = load_kernel_recipe(RECIPES_ROOT, "cartesi-v0.21.0")
+    c = load_kernel_recipe(recipes_root(), "cartesi-v0.21.0")
     assert c.kernel_sha256 == CARTESI_SHA
     assert c.url == ("https://github.com/cartesi/machine-linux-image/releases/download/v0.21.0/"
                      "linux-6.5.13-ctsi-2-v0.21.0.bin")
@@ -103,21 +103,21 @@ def test_cpio_refuses_bad_trees() -> None:
 
 def test_default_recipes_per_machine() -> None:
     for machine in ("qemu", "cartesi"):
-        path = kernel.recipe_path(RECIPES_ROOT, machine)
+        path = kernel.recipe_path(recipes_root(), machine)
         assert path.is_file()
-        assert kernel.load_machine_recipe(RECIPES_ROOT, machine).machine == machine
+        assert kernel.load_machine_recipe(recipes_root(), machine).machine == machine
     with pytest.raises(CmbuildError, match="no kernel for machine"):
-        kernel.recipe_path(RECIPES_ROOT, "arm")
+        kernel.recipe_path(recipes_root(), "arm")
     with pytest.raises(CmbuildError, match="not qemu"):
-        kernel.load_machine_recipe(RECIPES_ROOT, "qemu", "cartesi-v0.21.0")
+        kernel.load_machine_recipe(recipes_root(), "qemu", "cartesi-v0.21.0")
     assert [p.name for p in kernel.shim_sources()] == ["shim.c"]
 
 
 @pytest.mark.slow
 def test_qemu_kernel_stage_reproducible(tmp_path: Path) -> None:
-    recipe = load_kernel_recipe(RECIPES_ROOT, "qemu-6.12.117-1")
+    recipe = load_kernel_recipe(recipes_root(), "qemu-6.12.117-1")
     a = Store(tmp_path / "a")
-    out_a = kernel.build_kernel(a, RECIPES_ROOT, "qemu")
+    out_a = kernel.build_kernel(a, recipes_root(), "qemu")
     doc = a.read_json(out_a)
     assert doc["machine"] == "qemu" and doc["initrd"] and doc["kernel"]
     # dependencies come before what needs them; ext4's from its modinfo

@@ -32,11 +32,11 @@ def cmbuild(project: Path, *args: str, env: dict[str, str] | None = None, check:
 
 def ran(p: subprocess.CompletedProcess[str]) -> set[str]:
     """Stages doit executed ('.  name'), as opposed to up to date ('-- name')."""
-    return set(re.findall(r"^\.\s+(\S+)", p.stdout, re.M))
+    return set(re.findall(r"^\.\s+(\S+)", p.stderr, re.M))
 
 
 def uptodate(p: subprocess.CompletedProcess[str]) -> set[str]:
-    return set(re.findall(r"^--\s+(\S+)", p.stdout, re.M))
+    return set(re.findall(r"^--\s+(\S+)", p.stderr, re.M))
 
 
 def make_project(root: Path, image: Path = EXAMPLE, extra: str = "", env: str = 'GREETING = "hi"') -> Path:

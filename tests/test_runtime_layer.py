@@ -16,7 +16,7 @@ import pytest
 
 from cmbuild import debian, drives, elf
 from cmbuild.errors import CmbuildError
-from cmbuild.recipes import RECIPES_ROOT, load_runtime_recipe
+from cmbuild.recipes import recipes_root, load_runtime_recipe
 from cmbuild.stages.runtime import (SDSTUB_PATH, SIZE_TARGET, build_runtime, build_sdstub,
                                     prepare_tree, runtime_contents)
 from cmbuild.store import Store
@@ -29,9 +29,9 @@ LOADER = "ld-linux-riscv64-lp64d.so.1"
 # ----- recipes (fast) ------------------------------------------------------------------------
 
 def test_recipe_loads_and_has_a_digest() -> None:
-    r = load_runtime_recipe(RECIPES_ROOT, VERSION)
+    r = load_runtime_recipe(recipes_root(), VERSION)
     assert r.version == VERSION and r.suite == "trixie" and r.architecture == "riscv64"
-    data = (RECIPES_ROOT / "runtime" / f"{VERSION}.toml").read_bytes()
+    data = (recipes_root() / "runtime" / f"{VERSION}.toml").read_bytes()
     assert r.sha256 == "sha256:" + hashlib.sha256(data).hexdigest()
     assert {"crun", "busybox-static", "libc6"} <= {p.name for p in r.packages}
     assert {"sh", "mount", "poweroff"} <= set(r.busybox_applets)
@@ -39,13 +39,13 @@ def test_recipe_loads_and_has_a_digest() -> None:
 
 def test_unknown_recipe_version_lists_the_available_ones() -> None:
     with pytest.raises(CmbuildError, match="no runtime recipe version 9.9.9") as e:
-        load_runtime_recipe(RECIPES_ROOT, "9.9.9")
+        load_runtime_recipe(recipes_root(), "9.9.9")
     assert VERSION in str(e.value)
 
 
 def _recipe_copy(tmp_path: Path, edit: tuple[str, str] | None = None,
                  name: str = VERSION) -> Path:
-    text = (RECIPES_ROOT / "runtime" / f"{VERSION}.toml").read_text()
+    text = (recipes_root() / "runtime" / f"{VERSION}.toml").read_text()
     if edit:
         assert edit[0] in text
         text = text.replace(edit[0], edit[1])
@@ -80,7 +80,7 @@ def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 
 @pytest.fixture(scope="module")
 def recipe():
-    return load_runtime_recipe(RECIPES_ROOT, VERSION)
+    return load_runtime_recipe(recipes_root(), VERSION)
 
 
 @pytest.fixture(scope="module")
@@ -183,7 +183,7 @@ def test_same_digest_in_another_store(layer, store: Store, recipe, init: str,
 @pytest.mark.slow
 def test_wrong_sha256_in_recipe_names_the_package(store: Store, init: str,
                                                   tmp_path: Path) -> None:
-    real = load_runtime_recipe(RECIPES_ROOT, VERSION).package("libyajl2")
+    real = load_runtime_recipe(recipes_root(), VERSION).package("libyajl2")
     root = _recipe_copy(tmp_path, (real.sha256, "f" * 64))
     bad = load_runtime_recipe(root, VERSION)
     before = set(store.all_objects())
@@ -240,7 +240,7 @@ def _versioned(readelf: str, path: Path, defined: bool) -> set[str]:
 @pytest.mark.slow
 @pytest.mark.skipif(_readelf() is None, reason="readelf is not installed")
 def test_sdstub_defines_every_symbol_crun_imports(store: Store, tree: Path) -> None:
-    if load_runtime_recipe(RECIPES_ROOT, VERSION).libsystemd != "stub":
+    if load_runtime_recipe(recipes_root(), VERSION).libsystemd != "stub":
         pytest.skip("the recipe ships Debian's libsystemd")
     readelf = _readelf()
     assert readelf is not None
@@ -278,7 +278,7 @@ def test_crun_binds_against_the_layer(layer, store: Store, tmp_path: Path) -> No
 def test_debian_libsystemd_variant(store: Store, init: str, tmp_path: Path) -> None:
     """``libsystemd = "debian"``: Debian's libsystemd0 (and the libm it needs) instead of the
     stub; still within the size target."""
-    text = (RECIPES_ROOT / "runtime" / f"{VERSION}.toml").read_text()
+    text = (recipes_root() / "runtime" / f"{VERSION}.toml").read_text()
     if 'libsystemd = "stub"' not in text:
         pytest.skip("the recipe already ships Debian's libsystemd")
     root = _recipe_copy(tmp_path, ('libsystemd = "stub"', 'libsystemd = "debian"'))

@@ -532,8 +532,9 @@ def _check_snapshot(store_dir: Path, result: RunResult, *, rolling: bool, initia
     if rolling and result.returncode != 0:
         if result.halted:
             out = result.outcome()
-            what = (f"the machine halted before its first input: {out.reason}"
-                    f"; last console lines: {result.console.last_lines()}")
+            what = f"the machine halted before its first input: {out.reason}"
+            if out.ok:
+                what += f"; last console lines: {result.console.last_lines()}"
         else:
             what = (f"the machine stopped at {result.yield_reason or 'no manual yield'} "
                     f"(emulator exit code {result.returncode})")
