@@ -358,9 +358,8 @@ class RunResult:
                                   f"{self.returncode}")
             return oc.reported(code)
         if self.returncode != 0:
-            tail = " | ".join(self.report.strip().splitlines()[-3:])
-            return oc.Outcome(oc.NO_REPORT, False,
-                              f"{EXECUTABLE} failed with exit code {self.returncode}: {tail}")
+            return oc.Outcome(oc.NO_REPORT, False, f"{EXECUTABLE} failed with exit code "
+                                                   f"{self.returncode}: {emulator_error(self.report)}")
         if self.yield_reason:
             return oc.not_reported(console, f"the machine stopped at a manual yield "
                                             f"({self.yield_reason})")
@@ -445,13 +444,25 @@ def run(
     return result
 
 
+_LUA_ERROR = re.compile(r"^lua[0-9.]*: (?:\S+?:\d+: )?(.*)$")
+
+
+def emulator_error(text: str) -> str:
+    """The emulator's own error message in its stderr (a Lua error line before the stack
+    traceback, its source position left out), else its last lines."""
+    for line in text.splitlines():
+        if m := _LUA_ERROR.match(line.strip()):
+            return m.group(1)
+    return " | ".join(text.strip().splitlines()[-5:]) or "(no message)"
+
+
 def _result(cmd: list[str], rc: int, text: str, *, initial_hash: bool, final_hash: bool) -> RunResult:
     parsed = parse_hash(text)
     hashes = parsed["hashes"]
     ran = parsed["halted"] or parsed["cycles"] is not None or bool(hashes)
     if rc != 0 and not ran:
-        tail = "\n".join(text.strip().splitlines()[-10:])
-        raise CmbuildError(f"{EXECUTABLE} failed (exit code {rc}):\n{tail}", where=" ".join(cmd))
+        raise CmbuildError(f"{EXECUTABLE} failed (exit code {rc}): {emulator_error(text)}",
+                           where=" ".join(cmd))
     return RunResult(
         command=cmd,
         returncode=rc,
@@ -553,8 +564,7 @@ def _check_snapshot(store_dir: Path, result: RunResult, *, rolling: bool, initia
                                f"{out.reason}", where=" ".join(result.command))
     elif result.returncode != 0:
         raise CmbuildError(f"{EXECUTABLE} exited with {result.returncode}: "
-                           + " | ".join(result.report.strip().splitlines()[-3:]),
-                           where=" ".join(result.command))
+                           f"{emulator_error(result.report)}", where=" ".join(result.command))
     printed = result.initial_hash if initial else result.final_hash
     hashes = parse_hash(result.report)["hashes"]
     if printed is None or not hashes:
