@@ -474,7 +474,9 @@ def _snapshot_build(ctx: Context) -> tuple[str, dict[str, Any]]:
         result = cm.snapshot(version=ctx.memo("cm-version", cm.installed_version),
                              ram_image=ctx.path("kernel"), ram_length=str(m.ram_length),
                              drives=drives_list, bootargs=m.bootargs, store_dir=out_dir,
-                             max_mcycle=m.max_mcycle, assert_rolling_template=m.assert_rolling_template)
+                             max_mcycle=m.max_mcycle, assert_rolling_template=m.assert_rolling_template,
+                             # the machine's console is a log here: standard error
+                             console=cm.stream_sink(sys.stderr), timeout=m.timeout)
         root_hash = result.root_hash
         digest = ctx.store.add_tree(out_dir)
     return digest, {"root_hash": root_hash}

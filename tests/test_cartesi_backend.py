@@ -242,28 +242,52 @@ def test_parse_hash_ignores_other_lines(noise):
     assert got == {"hashes": [], "halted": False, "payload": None, "cycles": None, "yield": None}
 
 
-def test_result_exit_code_from_payload_and_from_rc():
-    halted = cartesi._result(["cartesi-machine"], 7, "\nHalted with payload: 7\nCycles: 9\n",
-                             initial_hash=False, final_hash=False)
-    assert (halted.exit_code, halted.halted, halted.payload) == (7, True, 7)
-    big = cartesi._result(["cartesi-machine"], 300 % 256, "\nHalted with payload: 300\nCycles: 9\n",
-                          initial_hash=False, final_hash=False)
-    assert big.exit_code == 300 and big.returncode == 44  # the process rc is truncated to 8 bits
-    stopped = cartesi._result(["cartesi-machine"], 0, f"0: {HASH}\n1000: {HASH}\n",
-                              initial_hash=True, final_hash=True)
-    assert (stopped.exit_code, stopped.halted, stopped.initial_hash, stopped.final_hash) == (0, False, HASH, HASH)
-    not_template = cartesi._result(["cartesi-machine"], 2, "\nHalted\nCycles: 9\n",
-                                   initial_hash=False, final_hash=False)
-    assert (not_template.exit_code, not_template.returncode) == (0, 2)
+def _judged(rc: int, report: str, console: str = "", max_mcycle: int | None = None):
+    """A RunResult as run() makes it from the emulator's return code, its stderr and the
+    guest's console, and how it is judged."""
+    r = cartesi._result(["cartesi-machine"], rc, report, initial_hash=False, final_hash=False)
+    r.console.feed(console.encode())
+    r.console.close()
+    r.max_mcycle = max_mcycle
+    return r.outcome()
 
 
-def test_run_result_reason():
-    def result(rc, text):
-        return cartesi._result(["cartesi-machine"], rc, text, initial_hash=False, final_hash=False)
-    assert result(3, "Halted with payload: 3\nCycles: 5\n").reason == "halted with payload 3"
-    assert result(0, "Halted\nCycles: 5\n").reason == "halted with payload 0"
-    assert result(0, "Manual yield rx-accepted (0x000000 data)\nCycles: 5\n").reason == "manual yield rx-accepted"
-    assert result(0, f"1000: {HASH}\n").reason == "stopped (--max-mcycle)"
+@pytest.mark.parametrize(
+    "rc, report, console, code, ok, words",
+    [
+        # init's report and the halt agree: the container's exit code
+        (7, "\nHalted with payload: 7\nCycles: 9\n", "hello\ncmbuild: exit-code 7\n", 7, True,
+         "the container exited with code 7"),
+        (0, "\nHalted\nCycles: 9\n", "cmbuild: exit-code 0\r\nreboot: Power down\n", 0, True,
+         "the container exited with code 0"),
+        (137 % 256, "\nHalted with payload: 137\n", "cmbuild: exit-code 137\n", 137, True,
+         "killed by SIGKILL"),
+        (103, "\nHalted with payload: 103\n", "cmbuild: error: no drive labelled app\ncmbuild: exit-code 103\n",
+         103, True, "init: the app drive (label app) was not found"),
+        # a bare halt is no proof of success: a kernel panic halts with status 0
+        (0, "\nHalted\nCycles: 9\n", "[    1.0] Kernel panic - not syncing: VFS: Unable to mount root fs\n",
+         125, False, "the machine halted without the container's end: the kernel panicked: VFS: Unable"),
+        (0, "\nHalted\n", "OpenSBI v1.3\n", 125, False, "init never started"),
+        (0, "\nHalted\n", "cmbuild: writable root: overlayfs\n", 125, False,
+         "init never reported the container's end"),
+        # init's line and the halt disagree
+        (0, "\nHalted\n", "cmbuild: exit-code 4\n", 125, False, "init reported exit code 4, but the machine halted with payload 0"),
+        # a payload that is no exit status
+        (300 % 256, "\nHalted with payload: 300\n", "cmbuild: exit-code 300\n", 125, False, "not an exit status"),
+        # the emulator failed after the machine ran
+        (1, "Cycles: 9\nlua5.4: x.lua:1: out of memory\n", "", 125, False,
+         "cartesi-machine failed with exit code 1: out of memory"),
+        # stopped by --max-mcycle before the end
+        (0, f"1000: {HASH}\n", "booting\n", 125, False, "the machine reached max_mcycle = 1000"),
+        # a rollups app waiting for input is not a finished run
+        (0, "\nManual yield rx-accepted (0x000000 data)\nCycles: 5\n", "cmbuild: x\n", 125, False,
+         "stopped at a manual yield (rx-accepted)"),
+    ],
+)
+def test_run_outcome(rc, report, console, code, ok, words):
+    out = _judged(rc, report, console, max_mcycle=1000)
+    assert (out.code, out.ok) == (code, ok), out.reason
+    assert words in out.reason
 
 
 @pytest.mark.parametrize(
@@ -282,18 +306,12 @@ def test_rolling_snapshot_that_is_not_a_template_is_an_error(tmp_path, rc, text,
     assert "not a rollups template" in e.value.message and words in e.value.message
 
 
-def test_snapshot_and_run_accept_the_pipelines_arguments():
-    import inspect
-    common = dict(version=V021, ram_image=Path("k"), ram_length="128Mi", drives=_drives(), bootargs=[])
-    inspect.signature(snapshot).bind(**common, store_dir=Path("s"), max_mcycle=None, assert_rolling_template=False)
-    inspect.signature(cartesi.run).bind(**common, max_mcycle=None, timeout=60)
-
-
 def test_result_emulator_failure_is_an_error():
     with pytest.raises(CmbuildError) as e:
-        cartesi._result(["cartesi-machine", "--bad"], 1, "lua: cartesi-machine.lua:1: unrecognized option --bad\n",
+        cartesi._result(["cartesi-machine", "--bad"], 1,
+                        "lua5.4: cartesi-machine.lua:1: unrecognized option --bad\nstack traceback:\n\t[C]: in ?\n",
                         initial_hash=False, final_hash=False)
-    assert "unrecognized option" in e.value.message
+    assert e.value.message == "cartesi-machine failed (exit code 1): unrecognized option --bad"
 
 
 # --------------------------------------------------------------------------- without the emulator
@@ -388,7 +406,8 @@ def test_real_run_stops_at_max_mcycle(tmp_path):
     assert result.initial_hash and result.final_hash
     hashes = parse_hash(result.report)["hashes"]
     assert hashes[0][0] == 0 and 0 < hashes[-1][0] <= 1000
-    assert result.exit_code == (result.payload if result.halted else result.returncode)
+    out = result.outcome()          # nothing ran to an end: never an exit code 0
+    assert (out.code, out.ok) == (125, False) and "reached max_mcycle = 1000" in out.reason
 
 
 @pytest.mark.cartesi

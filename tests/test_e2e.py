@@ -76,11 +76,12 @@ def test_doit_run_in_a_project_folder(tmp_path: Path, shared_cache: Path) -> Non
     p = run(proj, "run", tool="doit")
     assert p.returncode == 3, p.stdout[-3000:] + p.stderr[-3000:]
     assert "via-doit" in p.stdout
-    # nothing changed: the build part runs no stage, only the boot
+    # nothing changed: the build part runs no stage (`build` only says the backend), then the boot
     again = run(proj, "run", tool="doit")
     assert again.returncode == 3
     import re
-    assert set(re.findall(r"^\.\s+(\S+)", again.stderr, re.M)) == {"boot"}
+    assert set(re.findall(r"^\.\s+(\S+)", again.stderr, re.M)) == {"build", "boot"}
+    assert "cmbuild: backend: qemu (set in [machine].backend); kernel: recipes/kernel/qemu-6.12.117-1.toml" in again.stderr
 
 
 def test_ext2_app_drive_and_a_data_volume(tmp_path: Path, shared_cache: Path) -> None:

@@ -295,7 +295,7 @@ def _stream_sink(stream: BinaryIO | None) -> Sink:
     return write
 
 
-def _default_sink(text_stream) -> Sink:
+def stream_sink(text_stream) -> Sink:
     buffer = getattr(text_stream, "buffer", None)
     if buffer is not None:
         return _stream_sink(buffer)
@@ -397,13 +397,13 @@ def run(
     for path, what in [(Path(ram_image), "RAM image"), *[(Path(d.path), f"drive {d.label}") for d in drives]]:
         if not path.is_file():
             raise CmbuildError(f"{what} not found", where=str(path))
-    sink = console or _default_sink(sys.stdout)
+    sink = console or stream_sink(sys.stdout)
     watch = oc.Console()
 
     def console_sink(data: bytes) -> None:
         watch.feed(data)
         sink(data)
-    report = report or _default_sink(sys.stderr)
+    report = report or stream_sink(sys.stderr)
     stderr_chunks: list[bytes] = []
     try:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -84,8 +84,11 @@ class Console:
                 self.exit_code = int(m.group(1))
             elif m := _INIT_ERROR.match(text):
                 self.errors.append(m.group(1))
-        elif self.panic is None and (m := _PANIC.search(text)):
-            self.panic = m.group(1).strip()
+        elif m := _PANIC.search(text):
+            # a panic after an exit-code line (the container may print such a line itself)
+            # means the machine did not end the way init ends it
+            self.panic = self.panic or m.group(1).strip()
+            self.exit_code = None
         return text
 
     def last_lines(self, n: int = 5) -> str:
