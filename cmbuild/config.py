@@ -228,8 +228,8 @@ class Project(BaseModel):
             if not valid_label(name):
                 raise ValueError(f"drive name {name!r}: use {DRIVE_LABEL_RULE} (it becomes the "
                                  "drive's label in the machine)")
-            if name == "root":
-                raise ValueError("drive name 'root' is reserved for the runtime layer")
+            if name in ("root", "config"):
+                raise ValueError(f"drive name {name!r} is reserved ({'the runtime layer' if name == 'root' else 'the container config'})")
             if name == "app":
                 if drive.builder not in (None, "image"):
                     raise ValueError("[drives.app] is the image's drive: its builder is \"image\"")

@@ -1,5 +1,5 @@
-"""Small canonical-tar helpers: the bundle (rootfs/ + config.json), host directories for extra
-drives, and the empty tar. Output is deterministic: sorted entries, numeric owners, no user
+"""Small canonical-tar helpers: the image's tree with its mount points, host directories for
+extra drives, and the empty tar. Output is deterministic: sorted entries, numeric owners, no user
 or group names, fixed times, PAX format."""
 
 from __future__ import annotations
@@ -66,21 +66,30 @@ def _missing_dirs(fd: int, size: int, wanted: list[str]) -> list[bytes]:
     return sorted(need, key=lambda n: n.split(b"/"))
 
 
-def prefix_tar(src: Path, out: BinaryIO, *, prefix: str, extra_files: dict[str, bytes],
-               mount_points: list[str] = ()) -> None:
-    """Copy the canonical tar ``src`` under ``prefix/`` and add ``extra_files`` at the top.
+def missing_dirs(src: Path, wanted: list[str]) -> list[bytes]:
+    """The directories of ``wanted`` (and their parents) that the canonical tar ``src`` lacks."""
+    fd = os.open(src, os.O_RDONLY)
+    try:
+        return _missing_dirs(fd, os.fstat(fd).st_size, wanted)
+    finally:
+        os.close(fd)
 
-    Files sorting before ``prefix`` come first, then the prefix directory and its entries
-    (whose order is kept: the source is already canonical), then the rest. Headers are
-    rewritten with the flattener's canonical writer and file data is copied block for block
-    (no per-entry Python tarfile objects: this runs over every byte of the image).
 
-    ``mount_points`` (absolute paths in the tree) that the tree lacks are added as empty
-    directories (mode 755, root, time 0) in their canonical place, so that a runtime can mount
-    on them even when the tree is read-only."""
+def copy_tar(src: Path, out: BinaryIO, *, mount_points: list[str] = (), prefix: str = "",
+             extra_files: dict[str, bytes] | None = None) -> None:
+    """Copy the canonical tar ``src`` to ``out``, adding the directories of ``mount_points``
+    (absolute paths in the tree) that it lacks as empty directories (mode 755, root, time 0)
+    in their canonical place, so that a runtime can mount on them even when the tree is
+    read-only. With ``prefix``, every entry goes under ``prefix/`` and ``extra_files`` go at
+    the top beside it.
+
+    Headers are rewritten with the flattener's canonical writer and file data is copied block
+    for block (no per-entry Python tarfile objects: this runs over every byte of the image)."""
     from .oci import tarutil
 
+    extra_files = extra_files or {}
     pfx = prefix.encode()
+    join = (lambda n: pfx + b"/" + n) if pfx else (lambda n: n)
     before = sorted(n for n in extra_files if n < prefix)
     after = sorted(n for n in extra_files if n > prefix)
     w = tarutil.TarWriter(out)
@@ -91,11 +100,12 @@ def prefix_tar(src: Path, out: BinaryIO, *, prefix: str, extra_files: dict[str, 
         w._put(data + bytes(tarutil._padded(len(data)) - len(data)))
 
     def add_dir(name: bytes) -> None:
-        w.header(tarutil.build_header(pfx + b"/" + name, tarutil.DIR, 0o755, 0, 0, 0, 0))
+        w.header(tarutil.build_header(join(name), tarutil.DIR, 0o755, 0, 0, 0, 0))
 
     for name in before:
         add_file(name)
-    w.header(tarutil.build_header(pfx, tarutil.DIR, 0o755, 0, 0, 0, 0))
+    if pfx:
+        w.header(tarutil.build_header(pfx, tarutil.DIR, 0o755, 0, 0, 0, 0))
     fd = os.open(src, os.O_RDONLY)
     try:
         size = os.fstat(fd).st_size
@@ -113,8 +123,8 @@ def prefix_tar(src: Path, out: BinaryIO, *, prefix: str, extra_files: dict[str, 
             if e.type == tarutil.LNK:
                 while link.startswith(b"./"):
                     link = link[2:]
-                link = pfx + b"/" + link.lstrip(b"/")
-            w.header(tarutil.build_header(pfx + b"/" + name, e.type, e.mode, e.uid, e.gid, e.size,
+                link = join(link.lstrip(b"/"))
+            w.header(tarutil.build_header(join(name), e.type, e.mode, e.uid, e.gid, e.size,
                                           e.mtime, link, e.devmajor, e.devminor, e.xattrs))
             if e.size and e.type not in tarutil.HEADER_ONLY:
                 w.data_from(fd, e.offset, e.size)

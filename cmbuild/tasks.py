@@ -23,8 +23,7 @@ from doit.exceptions import TaskFailed
 from . import __version__, drives
 from .config import CONFIG_NAME, load_project
 from .errors import CmbuildError
-from .pipeline import (STAGES, Context, NotBuilt, build_order, changed_paths, choose_backend,
-                       register_drives)
+from .pipeline import Context, NotBuilt, changed_paths, choose_backend
 from .publish import LOCK_VERSION, published_ok, publish, read_lock, write_lock
 from .store import Store
 
@@ -69,7 +68,7 @@ def update_lock(ctx: Context, names: list[str]) -> None:
         if rec.meta.get("root_hash"):
             entry["root_hash"] = rec.meta["root_hash"]
         stages[name] = entry
-    valid = set(STAGES)
+    valid = set(ctx.graph)
     stages = {k: v for k, v in stages.items() if k in valid}
     old = doc
     doc = {"lock_version": LOCK_VERSION, "cmbuild": __version__, "stages": stages,
@@ -83,8 +82,8 @@ def update_lock(ctx: Context, names: list[str]) -> None:
             if "image" in old:
                 doc["image"] = old["image"]
     if "runtime" in stages:
-        from .pipeline import _runtime_recipe
-        doc["runtime_recipe"] = _runtime_recipe(ctx).model_dump(mode="json")
+        from .stages.runtime import _recipe
+        doc["runtime_recipe"] = _recipe(ctx).model_dump(mode="json")
     if "snapshot" in stages and stages["snapshot"].get("root_hash"):
         doc["root_hash"] = stages["snapshot"]["root_hash"]
     write_lock(ctx.project_dir, doc)
@@ -121,7 +120,7 @@ class StageCheck:
                 why += " (first build)"
             self.reason = why
             return False
-        pub = STAGES[name].publish_as(ctx)
+        pub = ctx.graph[name].publish_as(ctx)
         if pub and not published_ok(ctx.project_dir, pub, ctx.store, rec.output):
             self.reason = f".cartesi/{pub} is missing or is not the built output"
             return False
@@ -145,7 +144,7 @@ class StageAction:
         try:
             before = ctx.record(name)
             rec = ctx.ensure(name)
-            pub = STAGES[name].publish_as(ctx)
+            pub = ctx.graph[name].publish_as(ctx)
             if pub:
                 publish(ctx.project_dir, pub, ctx.store, rec.output)
             update_lock(ctx, [name])
@@ -166,7 +165,7 @@ class StageAction:
 
 
 def stage_task(ctx: Context, name: str) -> dict[str, Any]:
-    stage = STAGES[name]
+    stage = ctx.graph[name]
     return {"name": name, "doc": stage.doc, "actions": [StageAction(ctx, name)],
             "uptodate": [StageCheck(ctx, name)], "task_dep": list(stage.deps), "verbosity": 2}
 
@@ -209,8 +208,7 @@ def run_action(ctx: Context) -> Any:
     _say(machine_words(ctx))
     m = ctx.project.machine
     try:
-        from .pipeline import machine_drives
-        dlist = machine_drives(ctx)
+        dlist = ctx.machine_drives()
         if backend == "qemu":
             from .machines import qemu
             kernel = ctx.store.read_json(ctx.output("kernel"))
@@ -325,18 +323,22 @@ def verify_action(ctx: Context, repair: bool) -> Any:
 
 def make_tasks(ctx: Context, cfg: Path) -> list[dict[str, Any]]:
     project = ctx.project
-    order = build_order(project, "build")
+    graph = ctx.graph
+    drive_stages = graph.drives()
+    order = graph.order(*drive_stages, "kernel")
     tasks = [stage_task(ctx, n) for n in order]
+    tasks.append({"name": "app", "doc": "the image's drive and its config drive (squashfs + config)",
+                  "actions": None, "task_dep": ["squashfs", "config"]})
     tasks.append({"name": "build", "doc": "build every drive and the kernel (all that run and snapshot need)",
                   "actions": [(build_action, [ctx])], "verbosity": 2,
-                  "task_dep": ["app", "runtime", "kernel"] + [n for n in order if n.startswith("drive-")]})
+                  "task_dep": [*drive_stages, "kernel"]})
     backend, _why = choose_backend(project)
     if backend == "cartesi":
         snap = stage_task(ctx, "snapshot")
         snap["task_dep"] = ["build"]
         tasks.append(snap)
     else:
-        tasks.append({"name": "snapshot", "doc": STAGES["snapshot"].doc, "task_dep": ["build"],
+        tasks.append({"name": "snapshot", "doc": graph["snapshot"].doc, "task_dep": ["build"],
                       "actions": [(snapshot_qemu_action, [ctx])], "uptodate": [False], "verbosity": 2})
     # doit reserves the task name "run" (its own command): `doit run` with no task runs this
     # one (see _default_tasks), and so does `doit boot` / `cmbuild run`.
@@ -375,7 +377,6 @@ def make_namespace(cfg: str | os.PathLike[str] | None = None, argv: list[str] | 
     allow_unpinned = allow_unpinned or os.environ.get("CMBUILD_ALLOW_UNPINNED") == "1"
     try:
         ctx = open_context(path, allow_unpinned=allow_unpinned)
-        register_drives(ctx.project)
     except CmbuildError as e:
         print(f"cmbuild: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -28,7 +28,7 @@ def test_clean_build_audits_clean(tmp_path: Path) -> None:
     cmbuild(proj, "app")
     p = cmbuild(proj, "audit", "--stage", "app")
     assert "every output matches cartesi.lock" in p.stdout
-    for stage in ("pull", "unpack", "config", "app"):
+    for stage in ("pull", "unpack", "config", "squashfs"):
         assert any(line.startswith(stage) and line.rstrip().endswith("ok") for line in p.stdout.splitlines()), stage
 
 
@@ -36,7 +36,7 @@ def test_one_byte_changed_in_a_store_drive_fails_audit_naming_stage_and_file(tmp
     proj = make_project(tmp_path / "p")
     cmbuild(proj, "app")
     lock = json.loads((proj / "cartesi.lock").read_text())
-    app = _store_object(proj, lock["stages"]["app"]["output"])
+    app = _store_object(proj, lock["stages"]["squashfs"]["output"])
     # find hello.sh's bytes inside the uncompressed squashfs and change one of them
     data = app.read_bytes()
     offset = data.index(b"Hello from cmbuild!")
@@ -44,7 +44,7 @@ def test_one_byte_changed_in_a_store_drive_fails_audit_naming_stage_and_file(tmp
     p = cmbuild(proj, "audit", "--stage", "app", check=False)
     assert p.returncode != 0
     assert "CORRUPT IN STORE" in p.stdout
-    assert "app:" in p.stdout and "rootfs/app/hello.sh" in p.stdout
+    assert "squashfs:" in p.stdout and "file app/hello.sh" in p.stdout
 
 
 def test_changed_source_fails_audit(tmp_path: Path) -> None:
@@ -59,9 +59,10 @@ def test_changed_source_fails_audit(tmp_path: Path) -> None:
     p = cmbuild(proj, "audit", "--stage", "app", check=False)
     assert p.returncode != 0
     rows = {line.split()[0]: line.split()[-1] for line in p.stdout.splitlines()
-            if line.split() and line.split()[0] in ("pull", "unpack", "config", "app")}
-    # the layers are the same bytes: unpack still matches; everything the config shapes differs
-    assert rows == {"pull": "MISMATCH", "unpack": "ok", "config": "MISMATCH", "app": "MISMATCH"}
+            if line.split() and line.split()[0] in ("pull", "unpack", "config", "squashfs")}
+    # the layers are the same bytes: unpack and the image's drive still match; the image
+    # record and the runtime config (its annotations) differ
+    assert rows == {"pull": "MISMATCH", "unpack": "ok", "config": "MISMATCH", "squashfs": "ok"}
     assert "key annotations.test.label differs" in p.stdout      # explained, in the config.json
     assert "audit: MISMATCH: not reproducible as locked" in p.stdout
 
@@ -83,3 +84,20 @@ def test_verify_finds_corruption_and_repair_lets_the_build_restore(tmp_path: Pat
     assert json.loads((proj / "cartesi.lock").read_text()) == lock
     with tarfile.open(unpack) as t:
         assert "app/hello.sh" in [m.name.lstrip("./") for m in t]
+
+
+def test_audit_of_a_partial_build_checks_what_the_lock_holds(tmp_path: Path) -> None:
+    """After `cmbuild app` (no kernel, no runtime layer), audit checks those stages and
+    reports the others as not built: it neither rebuilds nor fails on them."""
+    proj = make_project(tmp_path / "p")
+    cmbuild(proj, "app")
+    p = cmbuild(proj, "audit")
+    rows = {line.split()[0]: line for line in p.stdout.splitlines() if line.split()}
+    for stage in ("pull", "unpack", "config", "squashfs"):
+        assert rows[stage].rstrip().endswith("ok"), p.stdout
+    for stage in ("init", "runtime", "kernel", "snapshot"):
+        assert rows[stage].rstrip().endswith("not built (not in cartesi.lock)"), p.stdout
+    assert "audit: rebuilding kernel" not in p.stderr and "audit: rebuilding runtime" not in p.stderr
+    assert "every output matches cartesi.lock" in p.stdout
+    bad = cmbuild(proj, "audit", "--stage", "kernel", check=False)
+    assert bad.returncode != 0 and "stage 'kernel' is not in cartesi.lock" in bad.stderr

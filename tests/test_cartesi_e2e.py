@@ -123,7 +123,7 @@ def test_ext2_app_drive_extra_drives_and_no_overlay(tmp_path: Path, cache: Path)
               "echo scratch > /scratch/s && cat /scratch/s")
     proj = project(tmp_path / "p", cache,
                    f'entrypoint = ["/bin/sh", "-c", "{script}"]\nuser = "root"\n'
-                   'bootargs = ["cmbuild.overlay=0"]',
+                   'bootargs = ["cmbuild.overlay=0", "cmbuild.debug=1"]',
                    extra='[drives.app]\nformat = "ext2"\nextra_size = "4Mi"\n'
                          f'[drives.data]\nbuilder = "directory"\ndirectory = "{data}"\nmount = "/data"\n'
                          '[drives.scratch]\nbuilder = "empty"\nformat = "ext2"\nsize = "2Mi"\nmount = "/scratch"\n')
@@ -132,6 +132,10 @@ def test_ext2_app_drive_extra_drives_and_no_overlay(tmp_path: Path, cache: Path)
     lines = p.stdout.splitlines()
     assert "from the host" in lines and "ok" in lines and "scratch" in lines
     assert "cmbuild: writable root: ext2 app drive, read-write (cmbuild.overlay=0)" in lines
+    # each extra drive is mounted once, by its label (the emulator also names every drive
+    # flashdrive<N> in the device tree: those are not mounted again, nor are root, app, config)
+    mounted = sorted(re.sub(r"^cmbuild: drive (\S+) .*", r"\1", ln) for ln in lines if " on /run/drives/" in ln)
+    assert mounted == ["data", "scratch"], lines
     # the machine wrote into its drives, never into the store's objects
     assert "0 corrupt" in cmbuild(proj, "verify").stderr
 
@@ -150,8 +154,8 @@ def test_read_only_root_of_a_minimal_image(tmp_path: Path, cache: Path, busybox:
     listing = set(subprocess.run(["unsquashfs", "-l", str(proj / ".cartesi" / "app.sqfs")],
                                  capture_output=True, text=True, check=True).stdout.splitlines())
     for d in ("proc", "dev", "sys"):                           # added: the image has none
-        assert f"squashfs-root/rootfs/{d}" in listing
-    assert "squashfs-root/rootfs/etc" not in listing            # nothing else was added
+        assert f"squashfs-root/{d}" in listing
+    assert "squashfs-root/etc" not in listing and "squashfs-root/tmp" not in listing  # nothing else
 
 
 def test_crun_failure_is_not_the_containers_exit_code(tmp_path: Path, cache: Path) -> None:

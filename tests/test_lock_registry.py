@@ -42,7 +42,7 @@ def test_lock_pins_only_the_digest_line_then_builds(pull_registry, tmp_path: Pat
     assert changed[0][1] == f'digest = "{manifest}"   # pinned by cmbuild lock'
 
     first = cmbuild(proj, "app")
-    assert ran(first) == {"pull", "unpack", "config", "app"}
+    assert ran(first) == {"pull", "unpack", "config", "squashfs"}
     assert ran(cmbuild(proj, "app")) == set()
     lock = json.loads((proj / "cartesi.lock").read_text())
     assert lock["image"]["manifest"] == manifest

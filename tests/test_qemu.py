@@ -151,7 +151,11 @@ def test_timeout_kills(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 # ----- real boots -----------------------------------------------------------------------------
 
 def _bundle_tar(out: Path, busybox: bytes, script: str, mounts: Sequence[dict] = ()) -> Path:
-    """A canonical tar of an OCI bundle: rootfs/ with a static busybox, and config.json."""
+    """The two drives of a container, as cmbuild makes them: ``out``, a canonical tar of the
+    root file system (a static busybox and the mount points), and beside it ``config.drive``,
+    the runtime config.json padded to whole 4 KiB blocks (the config drive)."""
+    from cmbuild.stages.config import drive_bytes
+
     config = {
         "ociVersion": "1.0.2",
         "root": {"path": "rootfs", "readonly": False},
@@ -166,12 +170,10 @@ def _bundle_tar(out: Path, busybox: bytes, script: str, mounts: Sequence[dict] =
         "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "ipc"},
                                  {"type": "uts"}]},
     }
+    (out.parent / "config.drive").write_bytes(drive_bytes(config))
     entries: list[tuple[str, bytes | None, int]] = [
-        ("config.json", json.dumps(config, sort_keys=True).encode(), 0o644),
-        ("rootfs", None, 0o755),
-        *((f"rootfs/{d}", None, 0o755) for d in ("bin", "data", "dev", "proc", "run", "sys",
-                                                 "tmp")),
-        ("rootfs/bin/busybox", busybox, 0o755),
+        *((d, None, 0o755) for d in ("bin", "data", "dev", "proc", "run", "sys", "tmp")),
+        ("bin/busybox", busybox, 0o755),
     ]
     with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tf:
         for name, data, mode in sorted(entries):
@@ -184,6 +186,10 @@ def _bundle_tar(out: Path, busybox: bytes, script: str, mounts: Sequence[dict] =
                 ti.size = len(data)
                 tf.addfile(ti, io.BytesIO(data))
     return out
+
+
+def _config(tmp_path: Path) -> Drive:
+    return Drive("config", tmp_path / "config.drive")
 
 
 def _boot(env: dict, drives: list[Drive], append: Sequence[str] = ()) -> RunResult:
@@ -241,7 +247,7 @@ def test_container_output_and_exit_code(machine, busybox_riscv64, tmp_path: Path
                       "echo hello-from-container; echo written > /etc-new && cat /etc-new; "
                       "exit 7")
     tar_to_squashfs(tar, tmp_path / "app.sqfs", compression="none")
-    r = _boot(machine, [machine["root"], Drive("app", tmp_path / "app.sqfs")])
+    r = _boot(machine, [machine["root"], Drive("app", tmp_path / "app.sqfs"), _config(tmp_path)])
     assert r.reason == qemu.REASON_EXIT_LINE, r.reason
     assert r.exit_code == 7
     lines = r.output.splitlines()
@@ -295,14 +301,14 @@ def test_ext2_app_and_extra_drive_without_overlay(machine, busybox_riscv64,
         tf.addfile(ti, io.BytesIO(b"data-in!\n"))
     tar_to_ext2(data_tar, tmp_path / "data.ext2", extra_size=1 << 20)
     r = _boot(machine, [machine["root"], Drive("app", tmp_path / "app.ext2", read_only=False),
-                        Drive("data", tmp_path / "data.ext2", read_only=False)],
+                        _config(tmp_path), Drive("data", tmp_path / "data.ext2", read_only=False)],
               append=["cmbuild.overlay=0"])
     assert (r.reason, r.exit_code) == (qemu.REASON_EXIT_LINE, 0), r.reason
     assert any(l.startswith("cmbuild: writable root: ext2 app drive, read-write")
                for l in r.output.splitlines())
     assert "data-in!" in r.output.splitlines()
     assert _ext2_read(tmp_path / "data.ext2", "/out.txt") == "out\n"
-    assert _ext2_read(tmp_path / "app.ext2", "/rootfs/kept.txt") == "kept\n"
+    assert _ext2_read(tmp_path / "app.ext2", "/kept.txt") == "kept\n"
 
 
 @needs_qemu
@@ -315,7 +321,7 @@ def test_read_only_root_fallback(machine, busybox_riscv64, tmp_path: Path) -> No
                       "if echo x > /x 2>/dev/null; then echo root-writable; "
                       "else echo root-read-only; fi; exit 3")
     tar_to_squashfs(tar, tmp_path / "app.sqfs", compression="none")
-    r = _boot(machine, [machine["root"], Drive("app", tmp_path / "app.sqfs")],
+    r = _boot(machine, [machine["root"], Drive("app", tmp_path / "app.sqfs"), _config(tmp_path)],
               append=["cmbuild.overlay=0"])
     assert (r.reason, r.exit_code) == (qemu.REASON_EXIT_LINE, 3), r.reason
     lines = r.output.splitlines()
@@ -331,16 +337,18 @@ def _pmem_machine(tmp_path: Path, ram_mib: int, drives: list[tuple[str, Path]]) 
     """QEMU arguments that give the guest Cartesi-style flash drives: QEMU's own device tree
     with the RAM cut in two around a window at 0xa0000000 where each drive image is loaded
     (``-device loader``) and described as a ``pmem-region`` node ``/pmem@<start>`` with an alias
-    ``<label>``, as the Cartesi machine does."""
+    ``<label>`` and another, ``flashdrive<N>``, as the Cartesi machine does (measured with
+    cartesi-machine 0.21: every flash drive has both aliases)."""
     align = 2 << 20
     base = start = 0xA0000000
     ram_end = 0x80000000 + (ram_mib << 20)
     nodes, aliases, args = [], [], []
-    for label, path in drives:
+    for n, (label, path) in enumerate(drives):
         size = -(-path.stat().st_size // align) * align
         nodes.append(f'\tpmem@{start:x} {{\n\t\tcompatible = "pmem-region";\n'
                      f'\t\treg = <0x00 {start:#x} 0x00 {size:#x}>;\n\t}};\n')
         aliases.append(f'\t\t{label} = "/pmem@{start:x}";\n')
+        aliases.append(f'\t\tflashdrive{n + 1} = "/pmem@{start:x}";\n')
         args += ["-device", f"loader,file={path},addr={start:#x},force-raw=on"]
         start += size
     dtb = tmp_path / "virt.dtb"
@@ -381,7 +389,8 @@ def test_cartesi_drives_by_device_tree_alias(machine, busybox_riscv64, tmp_path:
     tar_to_ext2(data_tar, tmp_path / "data.ext2")
     # the data drive comes first in memory: the app drive is not the first pmem device
     extra = _pmem_machine(tmp_path, 1024, [("data", tmp_path / "data.ext2"),
-                                           ("app", tmp_path / "app.sqfs")])
+                                           ("app", tmp_path / "app.sqfs"),
+                                           ("config", tmp_path / "config.drive")])
     r = qemu.run(kernel=machine["kernel"], initrd=machine["initrd"], drives=[machine["root"]],
                  append=[*machine["cmdline"], "cmbuild.machine=cartesi", "cmbuild.debug=1"],
                  ram="1024M", timeout=300, stream=None, extra_args=extra)
@@ -395,6 +404,9 @@ def test_cartesi_drives_by_device_tree_alias(machine, busybox_riscv64, tmp_path:
                         r"/run/drives/data", l) for l in lines)
     assert "hello-from-pmem" in lines and "pmem-data" in lines
     assert any("Restarting system with command '9'" in l for l in lines)
+    # each drive is mounted once, by its label: never again as flashdrive<N>, never app or config
+    assert [l for l in lines if " on /run/drives/" in l] == \
+        [l for l in lines if re.match(r"cmbuild: drive data \(", l)]
 
 
 def test_discarded_writes_use_a_throwaway_overlay(tmp_path: Path) -> None:

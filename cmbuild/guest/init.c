@@ -36,12 +36,13 @@
  * read-only, ext2/3/4 (0xEF53 at 1080) read-write (read-only when the device is read-only).
  *
  * Layout made here:
- *   /run/app                 the app drive (an OCI bundle: rootfs/ + config.json)
- *   /run/bundle/config.json  a copy of /run/app/config.json
+ *   /run/app                 the app drive: the image's root file system
+ *   /run/bundle/config.json  the OCI runtime config, read raw from the config drive (label
+ *                            "config": the JSON padded with spaces to whole 4 KiB blocks)
  *   /run/bundle/rootfs       the writable container root, one of (said on the console):
- *                              overlayfs  lower /run/app/rootfs, upper+work on tmpfs /run/overlay
+ *                              overlayfs  lower /run/app, upper+work on tmpfs /run/overlay
  *                              ext2       the app drive itself, mounted read-write
- *                              read-only  /run/app/rootfs with tmpfs on its /tmp and /run
+ *                              read-only  /run/app with tmpfs on its /tmp and /run
  *   /run/drives/<label>      every other labelled drive (not root, not app)
  *   /run/crun                crun's state directory
  *
@@ -60,7 +61,7 @@
  *   102  the kernel command line is unreadable or names an unknown machine
  *   103  the app drive (label "app") was not found
  *   104  the app drive could not be mounted (unknown file system or mount error)
- *   105  the app drive holds no OCI bundle (rootfs/ or config.json missing)
+ *   105  the config drive (label config) is missing or unreadable
  *   106  the writable container root could not be prepared (overlay, bind, tmpfs mounts)
  *   107  an extra drive could not be mounted at /run/drives/<label>
  *   108  crun could not be started (fork or exec)
@@ -543,17 +544,26 @@ static int overlay_available(void)
     return 0;
 }
 
+/* The config drive is raw: its bytes are config.json (padded with spaces, which JSON allows). */
+static void read_config(void)
+{
+    char name[256], dev[300];
+    if (find_drive("config", name, sizeof name) < 0)
+        fail(E_BUNDLE, machine == M_CARTESI
+                           ? "no drive labelled config (/proc/device-tree/aliases/config)"
+                           : "no drive labelled config (virtio-blk serial config)",
+             ENODEV);
+    snprintf(dev, sizeof dev, "/dev/%s", name);
+    if (copy_file(dev, "/run/bundle/config.json") < 0)
+        failf(E_BUNDLE, errno, "copy the config drive %s to /run/bundle/config.json", dev);
+}
+
 static void prepare_bundle(enum fstype app_type, int app_rw)
 {
     const char *root = "/run/bundle/rootfs";
-    if (!is_dir("/run/app/rootfs"))
-        fail(E_BUNDLE, "the app drive has no rootfs/ directory", ENOENT);
-    if (access("/run/app/config.json", R_OK) < 0)
-        fail(E_BUNDLE, "the app drive has no readable config.json", errno);
     if (mkdir_p(root, 0755) < 0)
         fail(E_WRITABLE, "mkdir /run/bundle/rootfs", errno);
-    if (copy_file("/run/app/config.json", "/run/bundle/config.json") < 0)
-        fail(E_BUNDLE, "copy config.json to /run/bundle", errno);
+    read_config();
 
     const char *why = no_overlay ? "cmbuild.overlay=0" : "no overlayfs in this kernel";
     if (!no_overlay && overlay_available()) {
@@ -564,15 +574,15 @@ static void prepare_bundle(enum fstype app_type, int app_rw)
         if (mkdir_p("/run/overlay/upper", 0755) < 0 || mkdir_p("/run/overlay/work", 0755) < 0)
             fail(E_WRITABLE, "mkdir /run/overlay/upper and work", errno);
         if (mount("overlay", root, "overlay", 0,
-                  "lowerdir=/run/app/rootfs,upperdir=/run/overlay/upper,"
+                  "lowerdir=/run/app,upperdir=/run/overlay/upper,"
                   "workdir=/run/overlay/work") < 0)
             fail(E_WRITABLE, "mount overlay on /run/bundle/rootfs", errno);
         say("cmbuild: writable root: overlayfs (lower %s app drive, upper on tmpfs)",
             fs_name(app_type));
         return;
     }
-    if (mount("/run/app/rootfs", root, NULL, MS_BIND | MS_REC, NULL) < 0)
-        fail(E_WRITABLE, "bind-mount /run/app/rootfs on /run/bundle/rootfs", errno);
+    if (mount("/run/app", root, NULL, MS_BIND | MS_REC, NULL) < 0)
+        fail(E_WRITABLE, "bind-mount /run/app on /run/bundle/rootfs", errno);
     if (app_type == FS_EXT && app_rw) {
         say("cmbuild: writable root: ext2 app drive, read-write (%s)", why);
         return;
@@ -607,7 +617,8 @@ static int valid_label(const char *s)
 
 static void mount_extra(const char *label, const char *name)
 {
-    if (strcmp(label, "root") == 0 || strcmp(label, "app") == 0 || !valid_label(label))
+    if (strcmp(label, "root") == 0 || strcmp(label, "app") == 0 || strcmp(label, "config") == 0 ||
+        !valid_label(label))
         return;
     char target[256];
     snprintf(target, sizeof target, "/run/drives/%s", label);
@@ -625,13 +636,63 @@ static void mount_extra(const char *label, const char *name)
         rw ? "read-write" : "read-only", target);
 }
 
+/* The device-tree node an alias names ("/pmem@88000000"), or "" when unreadable. */
+static void alias_node(const char *alias, char *node, size_t n)
+{
+    char path[512];
+    snprintf(path, sizeof path, "/proc/device-tree/aliases/%s", alias);
+    if (read_text(path, node, n) < 0)
+        node[0] = 0;
+    trim(node);
+}
+
+static int is_generic_alias(const char *name)
+{
+    if (strncmp(name, "flashdrive", 10) != 0 || !name[10])
+        return 0;
+    for (const char *p = name + 10; *p; p++)
+        if (!isdigit((unsigned char)*p))
+            return 0;
+    return 1;
+}
+
+/* Cartesi: the emulator names every flash drive twice in /aliases, by its label and as
+   "flashdrive<N>". Mount each drive once, by its label, and never root, app or config again. */
+static int skip_cartesi_alias(const char *name)
+{
+    static const char *own[] = {"root", "app", "config"};
+    char node[256], other[256];
+    alias_node(name, node, sizeof node);
+    if (!node[0])
+        return 1;
+    for (unsigned i = 0; i < sizeof own / sizeof *own; i++) {
+        alias_node(own[i], other, sizeof other);
+        if (strcmp(name, own[i]) == 0 || strcmp(node, other) == 0)
+            return 1;
+    }
+    if (!is_generic_alias(name))
+        return 0;
+    DIR *d = opendir("/proc/device-tree/aliases");
+    struct dirent *e;
+    int named = 0;
+    while (d && !named && (e = readdir(d))) {
+        if (e->d_name[0] == '.' || strcmp(e->d_name, "name") == 0 || is_generic_alias(e->d_name))
+            continue;
+        alias_node(e->d_name, other, sizeof other);
+        named = strcmp(node, other) == 0;
+    }
+    if (d)
+        closedir(d);
+    return named;
+}
+
 static void mount_extra_drives(void)
 {
     if (machine == M_CARTESI) {
         DIR *d = opendir("/proc/device-tree/aliases");
         struct dirent *e;
         while (d && (e = readdir(d))) {
-            if (e->d_name[0] == '.' || strcmp(e->d_name, "name") == 0)
+            if (e->d_name[0] == '.' || strcmp(e->d_name, "name") == 0 || skip_cartesi_alias(e->d_name))
                 continue;
             char name[256];
             if (find_drive_cartesi(e->d_name, name, sizeof name) == 0)

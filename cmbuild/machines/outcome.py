@@ -33,7 +33,7 @@ INIT_FAILURES = {
     102: "init: the kernel command line is unreadable or names an unknown machine",
     103: "init: the app drive (label app) was not found",
     104: "init: the app drive could not be mounted",
-    105: "init: the app drive holds no OCI bundle",
+    105: "init: the config drive (label config) is missing or unreadable",
     106: "init: the container's writable root could not be prepared",
     107: "init: an extra drive could not be mounted",
     108: "init: crun could not be started",

@@ -435,20 +435,37 @@ def _mounts(cfg: dict, extra_mounts: Sequence[Mount], user: ResolvedUser) -> lis
     return _default_mounts() + extra
 
 
-def mount_points(doc: dict[str, Any]) -> list[str]:
-    """The directories that must exist in the root file system for ``doc`` (a runtime config)
-    to run on a read-only root: every mount destination that no other mount of the config
-    provides (``/dev/pts`` lives in the ``/dev`` tmpfs, ``/proc`` must be on the drive), and
-    ``process.cwd``, which crun would otherwise try to create."""
-    dests = [posixpath.normpath(m["destination"]) for m in doc.get("mounts", [])
-             if isinstance(m.get("destination"), str) and m["destination"].startswith("/")]
-    cwd = (doc.get("process") or {}).get("cwd")
+def _needed_dirs(destinations: list[str], cwd: str | None) -> list[str]:
+    """The mount destinations that no other mount provides (``/dev/pts`` lives in the ``/dev``
+    tmpfs, ``/proc`` must exist in the root), and ``cwd`` unless a mount provides it."""
+    dests = [posixpath.normpath(d) for d in destinations if isinstance(d, str) and d.startswith("/")]
     out = {d for d in dests if not any(d != o and _is_same_or_under(d, o) for o in dests)}
     if isinstance(cwd, str) and cwd.startswith("/") and cwd != "/":
         c = posixpath.normpath(cwd)
         if not any(_is_same_or_under(c, o) for o in dests):
             out.add(c)
     return sorted(out)
+
+
+def mount_points(doc: dict[str, Any]) -> list[str]:
+    """The directories that must exist in the root file system for ``doc`` (a runtime config)
+    to run on a read-only root: every mount destination that no other mount of the config
+    provides, and ``process.cwd``, which crun would otherwise try to create."""
+    return _needed_dirs([m.get("destination") for m in doc.get("mounts", [])],
+                        (doc.get("process") or {}).get("cwd"))
+
+
+def image_mount_points(image_config: dict[str, Any]) -> list[str]:
+    """What :func:`mount_points` gives for any runtime config made from this image config
+    without overrides: the default mounts (``/proc``, ``/dev``, ``/sys``), the image's
+    ``Volumes`` and its ``WorkingDir``. These depend on the image alone, so they belong on the
+    image's own drive."""
+    cfg = image_config.get("config") or {}
+    volumes = cfg.get("Volumes") or {}
+    dests = [m["destination"] for m in _default_mounts()]
+    if isinstance(volumes, dict):
+        dests += [v for v in volumes if isinstance(v, str)]
+    return _needed_dirs(dests, cfg.get("WorkingDir") or None)
 
 
 # --------------------------------------------------------------------------- users

@@ -39,13 +39,16 @@ import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Protocol
+from typing import TYPE_CHECKING, Any, Iterable, Protocol
 
 from ..debian import extract_deb, fetch_debs
 from ..errors import CmbuildError
 from ..guest.build import GUEST_DIR, SOURCES, build_shim
 from ..recipes import KernelRecipe, load_kernel_recipe
 from ..store import Store, sha256_file, stage_key
+
+if TYPE_CHECKING:
+    from ..pipeline import Context, Stage
 
 STAGE = "kernel"
 STAGE_VERSION = 1
@@ -483,3 +486,32 @@ def kernel_files(store: Store, output: str) -> QemuKernel:
         raise CmbuildError(f"{output} is not the output of a qemu kernel stage")
     return QemuKernel(store.require(doc["kernel"], "kernel"), store.require(doc["initrd"], "initrd"),
                       list(doc.get("cmdline", [])))
+
+
+# ----- the stage ----------------------------------------------------------------------------
+
+def key_doc(ctx: "Context") -> tuple[Any, dict[str, Any]]:
+    from ..pipeline import compiler, file_digests, source_digest
+    from ..recipes import recipes_root
+    backend = ctx.backend
+    if backend == "cartesi" and ctx.project.machine.ram_image is not None:
+        return {"backend": backend}, {"ram_image": source_digest(ctx.store, ctx.project.machine.ram_image)}
+    recipe_file = recipe_path(recipes_root(), backend)
+    inputs: dict[str, Any] = {"recipe": sha256_file(recipe_file)}
+    if backend == "qemu":
+        inputs["shim"] = file_digests(shim_sources())
+        inputs["compiler"] = compiler(ctx)
+    return {"backend": backend}, inputs
+
+
+def build(ctx: "Context") -> tuple[str, dict[str, Any]]:
+    from ..recipes import recipes_root
+    if ctx.backend == "cartesi" and ctx.project.machine.ram_image is not None:
+        return build_kernel_from_file(ctx.store, ctx.project.machine.ram_image), {}
+    return build_kernel(ctx.store, recipes_root(), ctx.backend), {}
+
+
+def stage() -> "Stage":
+    from ..pipeline import Stage
+    return Stage("kernel", 1, (), "the machine's kernel (Cartesi's, or Debian's with a boot shim for QEMU)",
+                 key_doc, build, modules=("cmbuild.stages.kernel", "cmbuild.debian"))

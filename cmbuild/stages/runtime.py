@@ -28,12 +28,15 @@ import sys
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from .. import debian, drives, elf
 from ..errors import CmbuildError
 from ..recipes import RuntimeRecipe
 from ..store import Store, sha256_bytes, stage_key
+
+if TYPE_CHECKING:
+    from ..pipeline import Context, Stage
 
 STAGE = "runtime"
 STAGE_VERSION = 1
@@ -327,3 +330,39 @@ def build_runtime(store: Store, recipe: RuntimeRecipe, *, init_digest: str,
         store.put_key(key, STAGE, digest, {"recipe": recipe.version, "compression": compression,
                                            "files": files})
         return digest
+
+
+# ----- the stage ----------------------------------------------------------------------------
+
+def _recipe(ctx: "Context") -> RuntimeRecipe:
+    from ..recipes import load_runtime_recipe, recipes_root
+    return ctx.memo("runtime-recipe",
+                    lambda: load_runtime_recipe(recipes_root(), ctx.project.runtime.version))
+
+
+def key_doc(ctx: "Context") -> tuple[Any, dict[str, Any]]:
+    from ..pipeline import compiler, file_digests
+    from ..recipes import recipes_root
+    from ..store import sha256_file
+    from .init import guest_dir
+    r = ctx.project.runtime
+    recipe_file = recipes_root() / "runtime" / f"{r.version}.toml"
+    _recipe(ctx)  # validates, and names the versions available when it does not exist
+    sdstub = guest_dir() / "sdstub"
+    stub = file_digests(sdstub.iterdir()) if sdstub.is_dir() else {}
+    return ({"compression": r.compression, "version": r.version, "compiler": compiler(ctx)},
+            {"recipe": sha256_file(recipe_file), "init": ctx.output("init"), "sdstub": stub})
+
+
+def build(ctx: "Context") -> tuple[str, dict[str, Any]]:
+    digest = build_runtime(ctx.store, _recipe(ctx), init_digest=ctx.output("init"),
+                           compression=ctx.project.runtime.compression)
+    return digest, {}
+
+
+def stage() -> "Stage":
+    from ..pipeline import Stage
+    return Stage("runtime", 1, ("init",), "the runtime layer: init + crun + busybox, read-only squashfs",
+                 key_doc, build, lambda ctx: "root.sqfs",
+                 ("cmbuild.stages.runtime", "cmbuild.elf", "cmbuild.debian", "cmbuild.drives"),
+                 drive_label="root")

@@ -1,0 +1,63 @@
+"""config: the OCI runtime ``config.json``, generated from the image config and ``[machine]``
+(:mod:`cmbuild.oci.runtime_config`), and the drive that carries it into the machine.
+
+The config travels apart from the image's drive, so that a change of env, args, user, workdir
+or mounts rebuilds only this small piece, and one image used by projects with different
+configs shares one app drive. The output is the JSON itself, padded with spaces (JSON allows
+trailing white space) to a whole number of 4 KiB blocks: that file *is* a flash drive (label
+``config``), read raw by init into ``/run/bundle/config.json``; no file system is needed."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..pipeline import Context, Stage
+
+DRIVES_DIR = "/run/drives"   # where init mounts the extra drives (see cmbuild/guest/init.c)
+LABEL = "config"
+BLOCK = 4096
+
+
+def drive_bytes(doc: dict[str, Any]) -> bytes:
+    """``doc`` as canonical JSON padded with spaces to whole 4 KiB blocks, ending in a newline."""
+    data = json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n"
+    size = -(-(len(data) + 1) // BLOCK) * BLOCK
+    return data + b" " * (size - len(data) - 1) + b"\n"
+
+
+def key_doc(ctx: Context) -> tuple[Any, dict[str, Any]]:
+    m = ctx.project.machine
+    mounts = {name: {"mount": d.mount, "writable": d.format == "ext2"}
+              for name, d in ctx.project.extra_drives().items()}
+    options = {"entrypoint": m.entrypoint, "cmd": m.cmd, "env": m.env, "workdir": m.workdir,
+               "user": m.user, "mounts": mounts}
+    return options, {"config": ctx.image_record()["config"], "rootfs": ctx.output("unpack")}
+
+
+def runtime_config(ctx: Context, **changes: Any) -> dict[str, Any]:
+    """The runtime config of this project; ``changes`` replace ``[machine]`` values
+    (``cmd=[...]`` for ``cmbuild run -- CMD``, as ``docker run IMAGE CMD`` does)."""
+    from ..oci.runtime_config import Mount, Overrides, make_runtime_config, read_user_db
+    m = ctx.project.machine
+    image_config = ctx.store.read_json(ctx.image_record()["config"])
+    passwd, group = ctx.memo("user-db", lambda: read_user_db(ctx.path("unpack")))
+    mounts = [Mount(destination=d.mount or "", source=f"{DRIVES_DIR}/{name}", type="bind",
+                    options=["rbind", "rw" if d.format == "ext2" else "ro"])
+              for name, d in ctx.project.extra_drives().items()]
+    values: dict[str, Any] = {"entrypoint": m.entrypoint, "cmd": m.cmd, "env": m.env or None,
+                              "workdir": m.workdir, "user": m.user}
+    values.update(changes)
+    return make_runtime_config(image_config, Overrides(**values), passwd=passwd, group=group,
+                               extra_mounts=mounts)
+
+
+def build(ctx: Context) -> tuple[str, dict[str, Any]]:
+    return ctx.store.add_bytes(drive_bytes(runtime_config(ctx))), {}
+
+
+def stage() -> Stage:
+    return Stage("config", 2, ("pull", "unpack"),
+                 "the OCI runtime config.json from the image config and [machine] (its own small drive)",
+                 key_doc, build, lambda ctx: "config.json",
+                 modules=("cmbuild.stages.config", "cmbuild.oci.runtime_config"), drive_label=LABEL)

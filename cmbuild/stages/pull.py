@@ -1,0 +1,54 @@
+"""pull: fetch the image (registry by digest, OCI layout or docker-save tarball) and verify
+every blob's sha256. Output: the image record (JSON: index, manifest, config, layers, diff_ids,
+platform), with every blob it names in the store."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from ..errors import CmbuildError
+from ..pipeline import Context, Stage, source_digest
+
+
+def key_doc(ctx: Context) -> tuple[Any, dict[str, Any]]:
+    img = ctx.project.image
+    options = {"platform": img.platform}
+    if img.path is not None:
+        p = img.path
+        if p.is_dir():
+            # an OCI layout: its index.json names everything else by digest
+            index = p / "index.json"
+            if not index.is_file():
+                raise CmbuildError("not an OCI image layout (no index.json)", where=str(p))
+            inputs = {"layout-index": source_digest(ctx.store, index), "ref": img.ref, "digest": img.digest}
+        else:
+            inputs = {"tarball": source_digest(ctx.store, p), "ref": img.ref, "digest": img.digest}
+        return options, inputs
+    digest = img.digest
+    if digest is None:
+        if not ctx.allow_unpinned:
+            raise CmbuildError(f"[image].ref = {img.ref!r} has no digest: the build would not be "
+                               "reproducible", where="cartesi.toml",
+                               hint="run `cmbuild lock` (or `doit lock`) to pin it, or pass --allow-unpinned")
+        from ..oci.pull import resolve_digest
+        digest = ctx.memo("resolved-digest", lambda: resolve_digest(img.ref, img.platform, img.insecure))
+        print(f"cmbuild: warning: {img.ref} is not pinned; using {digest}", file=sys.stderr)
+    return options, {"ref": img.ref, "digest": digest}
+
+
+def build(ctx: Context) -> tuple[str, dict[str, Any]]:
+    from ..oci.pull import pull
+    img = ctx.project.image
+    digest = ctx.key_inputs("pull")["inputs"].get("digest")
+    out = pull(ctx.store, ref=img.ref, digest=digest, path=img.path, platform=img.platform,
+               insecure=img.insecure, allow_unpinned=True, progress=ctx.progress)
+    return out, {}
+
+
+def stage() -> Stage:
+    return Stage("pull", 1, (), "fetch the image (registry, OCI layout or docker-save tarball), verify every blob",
+                 key_doc, build,
+                 modules=("cmbuild.stages.pull", "cmbuild.oci.pull", "cmbuild.oci.image", "cmbuild.oci.layout",
+                          "cmbuild.oci.dockersave", "cmbuild.oci.registry", "cmbuild.oci.auth",
+                          "cmbuild.oci.blobs", "cmbuild.oci.reference"))
