@@ -18,8 +18,8 @@ USAGE = """usage: cmbuild [-c cartesi.toml] [--allow-unpinned] [TASK|doit-comman
        cmbuild init [IMAGE]     write cartesi.toml (and dodo.py, for plain doit) here
 
 tasks:    snapshot (default), build, run (= boot), hash [--json], lock, audit [--stage S],
-          verify [--repair], and one per stage: pull, unpack, config, app, init, runtime, kernel,
-          drive-<name> for each extra [drives.<name>]
+          verify [--repair], app (= squashfs + config), and one per stage: pull, unpack,
+          squashfs, config, init, runtime, kernel, drive-<name> for each extra [drives.<name>]
 commands: list, info TASK, help, ...   (cmbuild X is doit X with cmbuild's tasks)
 """
 
@@ -84,12 +84,28 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["CMBUILD_CONFIG"] = os.path.abspath(cfg)
     if allow_unpinned:
         os.environ["CMBUILD_ALLOW_UNPINNED"] = "1"
+    run = None
     if args[:1] == ["run"]:
-        args = ["run", "boot"] + args[1:]
+        rest = args[1:]
+        cmd = None
+        if "--" in rest:
+            cmd, rest = rest[rest.index("--") + 1:], rest[:rest.index("--")]
+            if not cmd:
+                print("cmbuild: error: `cmbuild run --` needs a command after --", file=sys.stderr)
+                return 2
+        shell = "--shell" in rest
+        rest = [a for a in rest if a != "--shell"]
+        if shell and cmd is not None:
+            print("cmbuild: error: give --shell or -- CMD, not both", file=sys.stderr)
+            return 2
+        if shell or cmd is not None:
+            from .tasks import RunRequest
+            run = RunRequest(cmd=cmd, shell=shell)
+        args = ["run", "boot"] + rest
     elif args and args[0] not in DOIT_COMMANDS and not args[0].startswith("-"):
         args = ["run"] + args
     from .tasks import make_namespace
-    namespace = make_namespace(cfg, argv=args, allow_unpinned=allow_unpinned)
+    namespace = make_namespace(cfg, argv=args, allow_unpinned=allow_unpinned, run=run)
     return DoitMain(ModuleTaskLoader(namespace), config_filenames=()).run(args)
 
 

@@ -10,6 +10,7 @@ is not the case, and which inputs changed since the lock was written.
 from __future__ import annotations
 
 import atexit
+from dataclasses import dataclass
 import json
 import os
 import shutil
@@ -200,15 +201,48 @@ def build_action(ctx: Context) -> None:
     _say(machine_words(ctx))
 
 
-def run_action(ctx: Context) -> Any:
+@dataclass
+class RunRequest:
+    """What ``cmbuild run`` was asked beyond the project: ``cmd`` (``run -- CMD ARGS``: the
+    image's Cmd replaced, as ``docker run IMAGE CMD`` does) or ``shell`` (``run --shell``: the
+    image's /bin/sh with the console as its input: this terminal, or on QEMU a pipe)."""
+
+    cmd: list[str] | None = None
+    shell: bool = False
+
+    @property
+    def interactive(self) -> bool:
+        return self.shell
+
+
+def _drives_for(ctx: Context, req: RunRequest) -> list[tuple[str, Path, bool]]:
+    """The machine's drives; for a ``run --shell`` or ``run -- CMD``, a config drive of its own
+    (kept in the store by content, never published nor locked): the project's drives and
+    cartesi.lock stay as they are."""
+    dlist = ctx.machine_drives()
+    if not req.shell and req.cmd is None:
+        return dlist
+    from .stages.config import LABEL, drive_bytes, runtime_config
+    changes: dict[str, Any] = ({"entrypoint": ["/bin/sh"], "cmd": None} if req.shell
+                               else {"cmd": req.cmd})
+    doc = runtime_config(ctx, **changes)
+    if req.shell:
+        doc["process"]["args"] = ["/bin/sh"]
+    path = ctx.store.object_path(ctx.store.add_bytes(drive_bytes(doc)))
+    _say("running " + " ".join(doc["process"]["args"]) + " in the container (not the project's command)")
+    return [(label, path if label == LABEL else p, ro) for label, p, ro in dlist]
+
+
+def run_action(ctx: Context, req: RunRequest | None = None) -> Any:
     """Boot the machine and run the container. The command ends with the container's exit
     code when init reported it, else with 124 (timeout) or 125 (the machine ended without the
     container's end), never 0 for a failure (see cmbuild.machines.outcome)."""
+    req = req or RunRequest()
     backend, _why = choose_backend(ctx.project)
     _say(machine_words(ctx))
     m = ctx.project.machine
     try:
-        dlist = ctx.machine_drives()
+        dlist = _drives_for(ctx, req)
         if backend == "qemu":
             from .machines import qemu
             kernel = ctx.store.read_json(ctx.output("kernel"))
@@ -221,15 +255,20 @@ def run_action(ctx: Context) -> Any:
                                       for label, p, ro in dlist],
                               append=list(kernel.get("cmdline", [])) + list(m.bootargs),
                               ram=f"{max(m.ram_length, QEMU_MIN_RAM) >> 20}M", timeout=m.timeout,
-                              stream=sys.stdout)
+                              stream=sys.stdout, interactive=req.interactive)
             outcome = result.outcome()
         else:
             from .machines import cartesi as cm
+            if req.interactive and not os.isatty(0):
+                return TaskFailed("run --shell: on the cartesi backend the shell needs a terminal "
+                                  "(cartesi-machine -i opens one); run it from a terminal, or pipe "
+                                  "commands into `cmbuild run --shell` with backend = \"qemu\"")
             result = cm.run(version=cm.require_cartesi_machine("`cmbuild run` on the cartesi backend"),
                             ram_image=ctx.path("kernel"), ram_length=str(m.ram_length),
                             drives=[cm.Drive(label=label, path=p, read_only=ro) for label, p, ro in dlist],
                             bootargs=m.bootargs, max_mcycle=m.max_mcycle, timeout=m.timeout,
-                            final_hash=True)
+                            final_hash=not req.interactive,  # -i: no hashes (not reproducible)
+                            interactive=req.interactive)
             outcome = result.outcome()
             if result.final_hash:
                 _say(f"final hash: {result.final_hash}")
@@ -321,7 +360,7 @@ def verify_action(ctx: Context, repair: bool) -> Any:
     return None
 
 
-def make_tasks(ctx: Context, cfg: Path) -> list[dict[str, Any]]:
+def make_tasks(ctx: Context, cfg: Path, run: RunRequest | None = None) -> list[dict[str, Any]]:
     project = ctx.project
     graph = ctx.graph
     drive_stages = graph.drives()
@@ -343,7 +382,7 @@ def make_tasks(ctx: Context, cfg: Path) -> list[dict[str, Any]]:
     # doit reserves the task name "run" (its own command): `doit run` with no task runs this
     # one (see _default_tasks), and so does `doit boot` / `cmbuild run`.
     tasks.append({"name": "boot", "doc": "boot the machine and run the container (`doit run`); exits with its exit code",
-                  "task_dep": ["build"], "actions": [(run_action, [ctx])], "uptodate": [False],
+                  "task_dep": ["build"], "actions": [(run_action, [ctx, run])], "uptodate": [False],
                   "verbosity": 2})
     tasks.append({"name": "hash", "doc": "print the template hash (root hash of the snapshot), like `cartesi hash`",
                   "actions": [(hash_action, [ctx])], "uptodate": [False], "verbosity": 2,
@@ -371,7 +410,7 @@ def _default_tasks(argv: list[str]) -> list[str]:
 
 
 def make_namespace(cfg: str | os.PathLike[str] | None = None, argv: list[str] | None = None,
-                   allow_unpinned: bool = False) -> dict[str, Any]:
+                   allow_unpinned: bool = False, run: RunRequest | None = None) -> dict[str, Any]:
     """The namespace of a dodo file: ``DOIT_CONFIG`` and ``task_*`` generators."""
     path = config_path(cfg)
     allow_unpinned = allow_unpinned or os.environ.get("CMBUILD_ALLOW_UNPINNED") == "1"
@@ -386,7 +425,7 @@ def make_namespace(cfg: str | os.PathLike[str] | None = None, argv: list[str] | 
         print("cmbuild: warning: [machine].backend = \"cartesi\" but cartesi-machine is not on PATH: "
               f"snapshot and run need it ({INSTALL_HINT}), or set backend = \"qemu\" to run under QEMU",
               file=sys.stderr)
-    tasks = make_tasks(ctx, path)
+    tasks = make_tasks(ctx, path, run)
     # doit's own state lives in the store, one database per project folder (projects may share
     # a store); sqlite3 because two builds of one project may finish at the same moment.
     import hashlib

@@ -347,3 +347,50 @@ def test_no_pinned_kernel_offline_says_what_to_do(tmp_path: Path) -> None:
     assert "is not on this machine and could not be downloaded" in p.stderr
     assert f"{KERNEL} is another kernel" in p.stderr
     assert "[machine].ram_image" in p.stderr and '[machine].backend = "qemu"' in p.stderr
+
+
+# ----- debugging inside the machine ---------------------------------------------------------------
+
+def test_run_another_command(tmp_path: Path, cache: Path) -> None:
+    proj = project(tmp_path / "p", cache, 'env = { EXIT_CODE = "9" }')
+    p = cmbuild(proj, "run", "--", "x", "y z")
+    assert p.returncode == 9, show(p)
+    assert "args=x y z" in p.stdout                      # the image's Entrypoint got the new Cmd
+    assert "running /app/hello.sh x y z in the container (not the project's command)" in p.stderr
+
+
+def test_shell_on_a_terminal(tmp_path: Path, cache: Path) -> None:
+    """`cmbuild run --shell` under a pseudo-terminal: cartesi-machine -i gives the shell the
+    console; what is typed runs in the container."""
+    import pty
+    import select
+    import time
+
+    proj = project(tmp_path / "p", cache)
+    assert cmbuild(proj, "build").returncode == 0
+    env = dict(os.environ)
+    env.pop("CMBUILD_CONFIG", None)
+    pid, fd = pty.fork()
+    if pid == 0:  # pragma: no cover (the child)
+        os.chdir(proj)
+        os.execve(sys.executable, [sys.executable, "-m", "cmbuild", "run", "--shell"], env)
+    out, sent, deadline = b"", False, time.monotonic() + 300
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 1)
+        if not ready:
+            continue
+        try:
+            data = os.read(fd, 4096)
+        except OSError:
+            break
+        if not data:
+            break
+        out += data
+        if not sent and b"$ " in out:                         # the shell's prompt
+            os.write(fd, b"echo in-shell-$((6*7)); exit 6\n")
+            sent = True
+    _, status = os.waitpid(pid, 0)
+    text = out.decode("utf-8", "replace")
+    assert sent, text[-3000:]
+    assert os.waitstatus_to_exitcode(status) == 6, text[-3000:]
+    assert "in-shell-42" in text and "the container exited with code 6" in text

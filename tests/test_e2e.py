@@ -147,3 +147,24 @@ def test_cartesi_backend_without_the_emulator_says_what_to_install(tmp_path: Pat
     # everything before the snapshot was built, with the local kernel stored by content
     assert (proj / ".cartesi" / "root.sqfs").is_file() and (proj / ".cartesi" / "app.sqfs").is_file()
     assert not (proj / ".cartesi" / "image").exists()
+
+
+def test_run_another_command_and_a_shell(tmp_path: Path, shared_cache: Path) -> None:
+    """`cmbuild run -- CMD` replaces the image's Cmd (as `docker run IMAGE CMD` does) and
+    `cmbuild run --shell` opens the image's /bin/sh on the console (here fed by a pipe); the
+    project's own drives and lock are left as they are."""
+    proj = project(tmp_path / "p", shared_cache)
+    assert run(proj, "build").returncode == 0
+    before = ((proj / "cartesi.lock").read_bytes(), (proj / ".cartesi" / "config.json").read_bytes())
+    p = run(proj, "run", "--", "one", "two")
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "args=one two" in p.stdout and "Hello from cmbuild!" in p.stdout   # the image's Entrypoint ran
+    assert "running /app/hello.sh one two in the container" in p.stderr
+    shell = subprocess.run([sys.executable, "-m", "cmbuild", "run", "--shell"], cwd=proj, capture_output=True,
+                           text=True, timeout=600, input="echo in-shell-$((6*7)); id -u; exit 6\n")
+    assert shell.returncode == 6, shell.stdout[-3000:] + shell.stderr[-3000:]
+    assert "in-shell-42" in shell.stdout.splitlines() and "1000" in shell.stdout.splitlines()
+    assert "Hello from cmbuild!" not in shell.stdout
+    assert ((proj / "cartesi.lock").read_bytes(), (proj / ".cartesi" / "config.json").read_bytes()) == before
+    both = run(proj, "run", "--shell", "--", "ls")
+    assert both.returncode == 2 and "give --shell or -- CMD, not both" in both.stderr

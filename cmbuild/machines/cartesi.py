@@ -203,8 +203,11 @@ def build_command(
     assert_rolling_template: bool = False,
     initial_hash: bool = False,
     final_hash: bool = False,
+    interactive: bool = False,
 ) -> list[str]:
-    """The ``cartesi-machine`` command line (argv, executable first, looked up on PATH)."""
+    """The ``cartesi-machine`` command line (argv, executable first, looked up on PATH).
+    ``interactive`` (``cmbuild run --shell``, ``run -- CMD``) adds ``-i``: the guest console
+    reads this terminal; never for snapshots (the emulator calls it non-reproducible)."""
     if not _NUMBER_RE.match(str(ram_length)):
         raise CmbuildError(f"invalid RAM length {ram_length!r}", where="--ram-length",
                            hint="a number like 134217728, 0x8000000 or 128Mi")
@@ -227,6 +230,11 @@ def build_command(
         cmd.append(f"--store={store_dir}")
     if assert_rolling_template:
         cmd.append("--assert-rolling-template")
+    if interactive:
+        if store_dir is not None:
+            raise CmbuildError("an interactive run is not reproducible and cannot be stored",
+                               where="--store")
+        cmd.append("-i")
     return cmd
 
 
@@ -384,16 +392,17 @@ def run(
     report: Sink | None = None,
     timeout: float | None = None,
     version: Version | None = None,
+    interactive: bool = False,
 ) -> RunResult:
     """Run the machine, streaming the guest console (the emulator's stdout) to ``console`` and
     the emulator's own messages (its stderr) to ``report`` as they come (default: this
-    process's stdout and stderr)."""
+    process's stdout and stderr). ``interactive``: the console reads this process's stdin."""
     if version is None:
         version = require_cartesi_machine("running a Cartesi machine")
     cmd = build_command(version=version, ram_image=ram_image, ram_length=ram_length, drives=drives,
                         bootargs=list(bootargs), store_dir=store_dir, max_mcycle=max_mcycle,
                         assert_rolling_template=assert_rolling_template,
-                        initial_hash=initial_hash, final_hash=final_hash)
+                        initial_hash=initial_hash, final_hash=final_hash, interactive=interactive)
     for path, what in [(Path(ram_image), "RAM image"), *[(Path(d.path), f"drive {d.label}") for d in drives]]:
         if not path.is_file():
             raise CmbuildError(f"{what} not found", where=str(path))
@@ -406,7 +415,8 @@ def run(
     report = report or stream_sink(sys.stderr)
     stderr_chunks: list[bytes] = []
     try:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(cmd, stdin=None if interactive else subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     except OSError as e:
         raise CmbuildError(f"cannot start {EXECUTABLE}: {e}", where="PATH", hint=INSTALL_HINT) from e
     assert proc.stdout is not None and proc.stderr is not None

@@ -25,6 +25,7 @@ import selectors
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,11 +141,13 @@ def _kill(proc: subprocess.Popen[bytes]) -> None:
 
 def run(*, kernel: Path, initrd: Path, drives: list[Drive], append: Sequence[str] = (),
         ram: str = "512M", timeout: float = 600, stream: TextIO | None = sys.stdout,
-        extra_args: Sequence[str] = (), firmware_banner: bool = False) -> RunResult:
+        extra_args: Sequence[str] = (), firmware_banner: bool = False,
+        interactive: bool = False) -> RunResult:
     """Boot the machine, stream its console to ``stream`` line by line, and return how it
     ended. Never raises for what happens inside the guest: see :class:`RunResult`.
     OpenSBI's banner is left out of ``stream`` unless ``firmware_banner`` (``output`` has
-    everything)."""
+    everything). ``interactive``: the guest's console reads this process's stdin (a terminal
+    or a pipe); otherwise it reads nothing."""
     qemu = shutil.which(QEMU)
     if qemu is None:
         raise CmbuildError(f"{QEMU} is not installed",
@@ -157,9 +160,23 @@ def run(*, kernel: Path, initrd: Path, drives: list[Drive], append: Sequence[str
                        extra_args=extra_args)
     cmd[0] = qemu
     start = time.monotonic()
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    # A terminal is handed to QEMU as it is. Piped input is held back until init has opened the
+    # console (its first "cmbuild:" line): bytes that reach the UART before then are lost.
+    piped = interactive and not os.isatty(0)
+    stdin = subprocess.PIPE if piped else None if interactive else subprocess.DEVNULL
+    proc = subprocess.Popen(cmd, stdin=stdin, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=not interactive)
     assert proc.stdout is not None
+    forwarding: list[threading.Thread] = []
+
+    def forward_stdin() -> None:
+        assert proc.stdin is not None
+        try:
+            while chunk := os.read(0, 4096):
+                proc.stdin.write(chunk)
+                proc.stdin.flush()
+        except OSError:   # QEMU is gone
+            pass
     os.set_blocking(proc.stdout.fileno(), False)
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ)
@@ -194,6 +211,9 @@ def run(*, kernel: Path, initrd: Path, drives: list[Drive], append: Sequence[str
                     eof = True
                     break
                 show(console.feed(chunk))
+                if piped and not forwarding and console.init_spoke:
+                    forwarding.append(threading.Thread(target=forward_stdin, daemon=True))
+                    forwarding[0].start()
         show(console.close())
     finally:
         sel.close()
