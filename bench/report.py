@@ -138,7 +138,7 @@ def write(res: Any, out: Path) -> None:
             verbs = runs[-1].get("verbs", {})
             ran_s = ", ".join(n + (" (restored)" if verbs.get(n) == "restored" else "") for n in runs[-1]["ran"])
             w(f"| {case['case']} | {ran_s or '—'} | {', '.join(runs[-1]['uptodate']) or '—'} | "
-              + " | ".join(_stage_fmt(runs, s) for s in ("pull", "unpack", "config", "app"))
+              + " | ".join(_stage_fmt(runs, s) for s in ("pull", "unpack", "squashfs", "config"))
               + f" | {fmt([r['wall'] for r in runs])} |")
         w("")
     else:
@@ -180,7 +180,7 @@ def write(res: Any, out: Path) -> None:
         for c in res.cold:
             cmr, sr = c["cmbuild"], c["standard"]
             w(f"| {c['size_mb']} MB | "
-              + " | ".join(_stage_fmt(cmr, s) for s in ("pull", "unpack", "config", "app"))
+              + " | ".join(_stage_fmt(cmr, s) for s in ("pull", "unpack", "squashfs", "config"))
               + " | · | "
               + " | ".join(_stage_fmt(sr, s) for s in ("skopeo copy", "umoci raw unpack", "mksquashfs"))
               + " |")
@@ -199,7 +199,7 @@ def write(res: Any, out: Path) -> None:
                     if "app_parts" not in r:
                         continue
                     p = r["app_parts"]
-                    w(f"| {c['size_mb']} MB | {r['stages'].get('app', float('nan')):.1f} s | {p['bundle_tar']:.2f} s | "
+                    w(f"| {c['size_mb']} MB | {r['stages'].get('squashfs', float('nan')):.1f} s | {p['bundle_tar']:.2f} s | "
                       f"{p['mksquashfs_1cpu']:.2f} s, {p['mksquashfs_1cpu_rss']:.0f} MB RSS | "
                       f"{p['mksquashfs_allcpu']:.2f} s, {p['mksquashfs_allcpu_rss']:.0f} MB RSS | "
                       + (f"{p['add_file']:.2f} s |" if "add_file" in p else "— |"))
@@ -213,7 +213,7 @@ def write(res: Any, out: Path) -> None:
             w("|---|---|---|---|---|")
             for size, st in ps:
                 w(f"| {size} MB | " + " | ".join(f"{st[k]['stage']:.1f} s, {st[k]['rss']:.0f} MB" for k in
-                                                ("pull", "unpack", "config", "app")) + " |")
+                                                ("pull", "unpack", "squashfs", "config")) + " |")
             w("")
         w("Peak RSS per standard step (medians): " + "; ".join(
             f"{c['size_mb']} MB: " + ", ".join(
@@ -319,12 +319,12 @@ def _plots(res: Any, docs: Path) -> list[str]:
 
     fig, ax = plt.subplots(figsize=(8, 3.8))
     labels, bottoms = [], []
-    cm_steps, std_steps = ("pull", "unpack", "config", "app"), ("skopeo copy", "umoci raw unpack", "mksquashfs")
+    cm_steps, std_steps = ("pull", "unpack", "squashfs", "config"), ("skopeo copy", "umoci raw unpack", "mksquashfs")
     bars: list[tuple[str, dict[str, float]]] = []
     for c in res.cold:
         bars.append((f"cmbuild\n{c['size_mb']} MB", {s: med([r["stages"].get(s, 0.0) for r in c["cmbuild"]]) for s in cm_steps}))
         bars.append((f"standard\n{c['size_mb']} MB", {s: med([r["stages"].get(s, 0.0) for r in c["standard"]]) for s in std_steps}))
-    colors = {"pull": "#4c72b0", "unpack": "#dd8452", "config": "#55a868", "app": "#c44e52",
+    colors = {"pull": "#4c72b0", "unpack": "#dd8452", "config": "#55a868", "squashfs": "#c44e52",
               "skopeo copy": "#8da0cb", "umoci raw unpack": "#fc8d62", "mksquashfs": "#e78ac3"}
     seen: set[str] = set()
     for i, (label, steps) in enumerate(bars):

@@ -254,7 +254,7 @@ def per_stage(work: Path, image_toml: str, env: dict[str, str]) -> dict[str, dic
     stage's wall time and peak RSS on its own."""
     proj = write_project(work / "proj", image_toml, cache=work / "cache")
     out = {}
-    for stage in ("pull", "unpack", "config", "app"):
+    for stage in ("pull", "unpack", "squashfs", "config"):
         r = must(measure(cmbuild_cmd(stage), cwd=proj, env=env), f"cmbuild {stage}")
         out[stage] = {"wall": r.wall, "rss": r.rss_mb, "stage": stage_times(r.err).get(stage, float("nan"))}
     say("    one stage per process: " + ", ".join(f"{k} {v['stage']:.1f} s / {v['rss']:.0f} MB RSS"
@@ -264,14 +264,15 @@ def per_stage(work: Path, image_toml: str, env: dict[str, str]) -> dict[str, dic
 
 
 def app_breakdown(work: Path, proj: Path, env: dict[str, str]) -> dict[str, Any]:
-    """The app stage's two steps, separately, on the unpack output of this build: writing the
-    bundle tar (pipeline.bundle_tar, Python) and mksquashfs -tar (as drives.tar_to_squashfs
-    runs it, one processor), and mksquashfs again with all processors."""
+    """The squashfs (app drive) stage's two steps, separately, on the unpack output of this
+    build: copying the tar with the image's mount points added (tarstream.copy_tar, Python;
+    skipped by the stage when the image has them all) and mksquashfs -tar (as
+    drives.tar_to_squashfs runs it, one processor), and mksquashfs again with all processors."""
     lock = json.loads((proj / "cartesi.lock").read_text())
     code = ("import sys, time; from pathlib import Path; from cmbuild.store import Store; "
-            "from cmbuild.pipeline import bundle_tar; s = Store(Path(sys.argv[1])); "
-            "cfg = s.object_path(sys.argv[3]).read_bytes(); t = time.perf_counter(); "
-            "f = open(sys.argv[4], 'wb'); bundle_tar(s.object_path(sys.argv[2]), cfg, f); f.close(); "
+            "from cmbuild.tarstream import copy_tar; s = Store(Path(sys.argv[1])); "
+            "t = time.perf_counter(); "
+            "f = open(sys.argv[4], 'wb'); copy_tar(s.object_path(sys.argv[2]), f, mount_points=['/proc', '/dev', '/sys']); f.close(); "
             "print(time.perf_counter() - t)")
     tar = work / "bundle.tar"
     r = must(measure([sys.executable, "-c", code, str(work / "cache"), lock["stages"]["unpack"]["output"],
@@ -290,7 +291,7 @@ def app_breakdown(work: Path, proj: Path, env: dict[str, str]) -> dict[str, Any]
             raise RuntimeError(f"mksquashfs ({label}) failed: {p.stderr[-2000:]}")
         digits = [x for x in p.stderr.split() if x.isdigit()]
         parts[label + "_rss"] = int(digits[-1]) / 1024 if digits and TIME else float("nan")
-    # the drive image into the store, as _app_build does it (Store.add_file: copy + sha256 + fsync)
+    # the drive image into the store, as the squashfs stage does it (Store.add_file: copy + sha256 + fsync)
     code = ("import sys, time; from pathlib import Path; from cmbuild.store import Store; "
             "s = Store(Path(sys.argv[1])); t = time.perf_counter(); s.add_file(Path(sys.argv[2])); "
             "print(time.perf_counter() - t)")
