@@ -93,7 +93,7 @@ def test_two_projects_share_one_store(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_kills_across_every_stage_of_a_full_build(tmp_path: Path) -> None:
-    """The whole build (pull, unpack, config, app, init, runtime with its package downloads,
+    """The whole build (pull, unpack, squashfs, config, init, runtime with its package downloads,
     kernel) killed again and again at varying crash points while it resumes, until it finishes:
     same digests as an uninterrupted build, nothing corrupt."""
     toml = 'backend = "qemu"\n'     # goes into make_project's [machine] table
@@ -116,7 +116,7 @@ def test_kills_across_every_stage_of_a_full_build(tmp_path: Path) -> None:
     else:
         raise AssertionError("the build never finished")
     assert kills >= 20
-    assert {"unpack", "app", "runtime", "kernel"} <= stages, stages
+    assert {"unpack", "squashfs", "runtime", "kernel"} <= stages, stages
     assert _outputs(proj) == _outputs(ref)
     for name in ("app.sqfs", "root.sqfs"):
         assert (proj / ".cartesi" / name).read_bytes() == (ref / ".cartesi" / name).read_bytes()

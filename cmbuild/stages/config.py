@@ -26,6 +26,25 @@ def drive_bytes(doc: dict[str, Any]) -> bytes:
     return data + b" " * (size - len(data) - 1) + b"\n"
 
 
+def user_db(ctx: Context) -> tuple[bytes | None, bytes | None]:
+    """``/etc/passwd`` and ``/etc/group`` of the image (to resolve ``user``), read from the
+    flattened tree once per tree and kept in the store under that tree's digest: a change of
+    ``[machine]`` does not read a large image again."""
+    from ..oci.runtime_config import read_user_db
+    from ..store import stage_key
+    rootfs = ctx.output("unpack")
+    key = stage_key("user-db", 1, {}, {"rootfs": rootfs})
+    with ctx.store.key_lock(key):
+        rec = ctx.store.get_key(key)
+        if rec is None:
+            passwd, group = read_user_db(ctx.store.object_path(rootfs))
+            doc = {"passwd": None if passwd is None else passwd.decode("latin-1"),
+                   "group": None if group is None else group.decode("latin-1")}
+            rec = ctx.store.put_key(key, "user-db", ctx.store.add_bytes(json.dumps(doc, sort_keys=True).encode()), {})
+    doc = ctx.store.read_json(rec.output)
+    return tuple(None if doc[k] is None else doc[k].encode("latin-1") for k in ("passwd", "group"))  # type: ignore[return-value]
+
+
 def key_doc(ctx: Context) -> tuple[Any, dict[str, Any]]:
     m = ctx.project.machine
     mounts = {name: {"mount": d.mount, "writable": d.format == "ext2"}
@@ -38,10 +57,10 @@ def key_doc(ctx: Context) -> tuple[Any, dict[str, Any]]:
 def runtime_config(ctx: Context, **changes: Any) -> dict[str, Any]:
     """The runtime config of this project; ``changes`` replace ``[machine]`` values
     (``cmd=[...]`` for ``cmbuild run -- CMD``, as ``docker run IMAGE CMD`` does)."""
-    from ..oci.runtime_config import Mount, Overrides, make_runtime_config, read_user_db
+    from ..oci.runtime_config import Mount, Overrides, make_runtime_config
     m = ctx.project.machine
     image_config = ctx.store.read_json(ctx.image_record()["config"])
-    passwd, group = ctx.memo("user-db", lambda: read_user_db(ctx.path("unpack")))
+    passwd, group = ctx.memo("user-db", lambda: user_db(ctx))
     mounts = [Mount(destination=d.mount or "", source=f"{DRIVES_DIR}/{name}", type="bind",
                     options=["rbind", "rw" if d.format == "ext2" else "ro"])
               for name, d in ctx.project.extra_drives().items()]
