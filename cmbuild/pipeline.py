@@ -20,17 +20,14 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from . import drives
 from .config import Project
 from .errors import CmbuildError
-from .store import KeyRecord, Store, sha256_file, stage_key, tree_digest
+from .store import KeyRecord, Store, sha256_file, stage_key
 
-from .recipes import recipes_root
 
 
 class NotBuilt(Exception):

@@ -15,7 +15,6 @@ several things at once:
 from __future__ import annotations
 
 import io
-import json
 import re
 import shutil
 import subprocess
