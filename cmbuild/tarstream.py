@@ -75,13 +75,30 @@ def missing_dirs(src: Path, wanted: list[str]) -> list[bytes]:
         os.close(fd)
 
 
+ALIGN = 8
+
+
+def data_aligned_last(is_file: bool, size: int) -> bool:
+    """Whether a file goes in the second group of :func:`copy_tar`'s ``aligned`` order."""
+    return is_file and size % ALIGN != 0
+
+
 def copy_tar(src: Path, out: BinaryIO, *, mount_points: list[str] = (), prefix: str = "",
-             extra_files: dict[str, bytes] | None = None) -> None:
+             extra_files: dict[str, bytes] | None = None, aligned: bool = False) -> None:
     """Copy the canonical tar ``src`` to ``out``, adding the directories of ``mount_points``
     (absolute paths in the tree) that it lacks as empty directories (mode 755, root, time 0)
     in their canonical place, so that a runtime can mount on them even when the tree is
     read-only. With ``prefix``, every entry goes under ``prefix/`` and ``extra_files`` go at
     the top beside it.
+
+    ``aligned``: for an uncompressed squashfs, which lays file data out back to back in the
+    order of the tar. Every file whose size is a multiple of 8 bytes comes first (directories,
+    symlinks and devices keep their canonical place among them), then the other files, then
+    the hard links; each group in canonical order. So every file of the first group, which
+    holds nearly every ELF program and library, starts 8-byte aligned in the drive: measured
+    in the Cartesi machine, the kernel then loads executables markedly faster (the example:
+    2.9 M cycles fewer per run, up to 14.5 M where the canonical order happened to leave them
+    unaligned; see docs/benchmarks.md).
 
     Headers are rewritten with the flattener's canonical writer and file data is copied block
     for block (no per-entry Python tarfile objects: this runs over every byte of the image)."""
@@ -110,15 +127,10 @@ def copy_tar(src: Path, out: BinaryIO, *, mount_points: list[str] = (), prefix: 
     try:
         size = os.fstat(fd).st_size
         missing = _missing_dirs(fd, size, list(mount_points))
-        for e in tarutil.iter_tar(fd, size):
-            name = e.name
-            while name.startswith(b"./"):
-                name = name[2:]
-            if name in (b"", b".", b"./"):
-                continue
-            key = name.rstrip(b"/").split(b"/")
-            while missing and missing[0].split(b"/") < key:
-                add_dir(missing.pop(0))
+        later: list[tuple[bytes, tarutil.TarEntry]] = []
+        links: list[tuple[bytes, tarutil.TarEntry]] = []
+
+        def put(name: bytes, e: tarutil.TarEntry) -> None:
             link = e.linkname
             if e.type == tarutil.LNK:
                 while link.startswith(b"./"):
@@ -128,8 +140,26 @@ def copy_tar(src: Path, out: BinaryIO, *, mount_points: list[str] = (), prefix: 
                                           e.mtime, link, e.devmajor, e.devminor, e.xattrs))
             if e.size and e.type not in tarutil.HEADER_ONLY:
                 w.data_from(fd, e.offset, e.size)
+
+        for e in tarutil.iter_tar(fd, size):
+            name = e.name
+            while name.startswith(b"./"):
+                name = name[2:]
+            if name in (b"", b".", b"./"):
+                continue
+            key = name.rstrip(b"/").split(b"/")
+            while missing and missing[0].split(b"/") < key:
+                add_dir(missing.pop(0))
+            if aligned and e.type == tarutil.LNK:
+                links.append((name, e))
+            elif aligned and data_aligned_last(e.type not in tarutil.HEADER_ONLY, e.size):
+                later.append((name, e))
+            else:
+                put(name, e)
         for name in missing:
             add_dir(name)
+        for name, e in later + links:
+            put(name, e)
     finally:
         os.close(fd)
     for name in after:

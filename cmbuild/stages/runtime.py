@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from ..pipeline import Context, Stage
 
 STAGE = "runtime"
-STAGE_VERSION = 1
+STAGE_VERSION = 2  # 2: files 8-byte aligned in the squashfs
 MOUNT_POINTS = ("dev", "mnt", "proc", "run", "sys", "tmp")
 MERGED_USR = {"bin": "usr/bin", "lib": "usr/lib", "sbin": "usr/sbin"}
 CRUN = "usr/bin/crun"
@@ -239,9 +239,14 @@ def _entries(recipe: RuntimeRecipe, tree: Path, init: Path, init_digest: str) ->
 
 
 def write_tar(entries: list[Entry], out: Path) -> None:
-    """The canonical tar of the layer: sorted, owner 0:0, mtime 0, PAX."""
+    """The canonical tar of the layer: sorted, owner 0:0, mtime 0, PAX; files whose size is not
+    a multiple of 8 bytes last, so that the data of every program and library is 8-byte
+    aligned in the uncompressed squashfs (as :func:`cmbuild.tarstream.copy_tar` does for the
+    app drive, and why)."""
+    from ..tarstream import data_aligned_last
+    ordered = sorted(entries, key=lambda e: data_aligned_last(e.kind == "file", e.size))  # stable
     with open(out, "wb") as f, tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as t:
-        for e in entries:
+        for e in ordered:
             ti = tarfile.TarInfo(e.path)
             ti.uid = ti.gid = 0
             ti.uname = ti.gname = ""
