@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 
@@ -100,3 +101,71 @@ def build_init(store: Store, *, force: bool = False) -> str:
 def build_shim(store: Store, *, force: bool = False) -> str:
     """Build ``shim.c`` (the QEMU boot shim's /init); return the store digest of the binary."""
     return _build(store, "shim", force)
+
+
+# ------------------------------------------------------------------ the rollups server -----
+
+ROLLUPS_DIR = GUEST_DIR / "rollups"
+# The machine's build: cmio.c talks to /dev/cmio. (cmio-fake.c replaces it in the host tests.)
+ROLLUPS_SOURCES = ("sys.c", "keccak.c", "merkle.c", "hex.c", "abi.c", "json.c", "http.c", "cmio.c",
+                   "rollups.c")
+# Added to CFLAGS: no C library (a static glibc costs 420 KB before main; the server is written
+# on system calls, cmbuild/guest/rollups/sys.c), libgcc for the compiler's helpers, unused
+# sections dropped. -fno-tree-loop-distribute-patterns keeps the compiler from turning
+# sys.c's memcpy/memset loops into calls to themselves.
+ROLLUPS_CFLAGS = ["-nostdlib", "-ffreestanding", "-fno-stack-protector",
+                  "-fno-asynchronous-unwind-tables", "-ffunction-sections", "-fdata-sections",
+                  "-Wl,--gc-sections", "-fno-tree-loop-distribute-patterns"]
+ROLLUPS_LIBS = ["-lgcc"]
+ROLLUPS_BUILD_VERSION = 1
+
+
+def rollups_source_files() -> list[Path]:
+    """Every file the machine's rollups binary is built from (sources and headers), sorted."""
+    names = set(ROLLUPS_SOURCES) | {p.name for p in ROLLUPS_DIR.glob("*.h")}
+    return [ROLLUPS_DIR / n for n in sorted(names)]
+
+
+def compile_many(sources: list[Path], out: Path, *, cc: str | None = None,
+                 extra_flags: Sequence[str] = (), libs: Sequence[str] = ()) -> None:
+    """Compile several C files (headers beside them) into one binary at ``out``, in
+    ``out.parent``, with CFLAGS plus ``extra_flags``; ``cc`` defaults to the riscv64 cross
+    compiler. The files are copied next to ``out`` so that no host path enters the binary."""
+    cc = cc or _need_cc()
+    work = out.parent
+    for src in sources:
+        dst = work / src.name
+        if dst.resolve() != src.resolve():
+            shutil.copyfile(src, dst)
+    c_files = [s.name for s in sources if s.suffix == ".c"]
+    cmd = [cc, *CFLAGS, *extra_flags, f"-ffile-prefix-map={work}=.", "-o", out.name, *c_files,
+           *libs]
+    p = subprocess.run(cmd, cwd=work, capture_output=True, text=True, env=_env())
+    if p.returncode != 0:
+        raise CmbuildError(f"compiling {', '.join(c_files)} failed (exit {p.returncode}):\n"
+                           + p.stderr.strip()[-3000:], where=str(sources[0].parent))
+
+
+def build_rollups(store: Store, *, force: bool = False) -> str:
+    """Build the rollups HTTP server (cmbuild/guest/rollups, static riscv64, no C library);
+    return the store digest of the binary. Reproducible like init: the stage key holds every
+    source's sha256, the flags and the toolchain."""
+    files = rollups_source_files()
+    texts = {p.name: p.read_bytes() for p in files}
+    key = stage_key("guest-rollups", ROLLUPS_BUILD_VERSION,
+                    {"cflags": CFLAGS + ROLLUPS_CFLAGS, "libs": ROLLUPS_LIBS},
+                    {"sources": {n: sha256_bytes(t) for n, t in texts.items()},
+                     "compiler": compiler_version()})
+    with store.key_lock(key):
+        rec = None if force else store.get_key(key)
+        if rec is not None:
+            return rec.output
+        with store.tmpdir("guest-rollups-") as work:
+            for name, text in texts.items():
+                (work / name).write_bytes(text)
+            out = work / "rollups"
+            compile_many([work / n for n in texts], out, extra_flags=ROLLUPS_CFLAGS,
+                         libs=ROLLUPS_LIBS)
+            digest = store.add_file(out)
+        store.put_key(key, "guest-rollups", digest, {"sources": sorted(texts)})
+        return digest
