@@ -3,13 +3,24 @@
 
 enum { BUF_MAX = MAX_HEAD + BODY_LIMIT + 65536, BUF_START = 65536, READ_CHUNK = 65536 };
 
+/* A connection the server closes after its answer is first drained: the write side is shut
+ * down and what the client still sends is read and dropped (until it closes, for at most
+ * DRAIN_MS and DRAIN_BYTES). Closing with unread data would reset the connection, and a
+ * reset can destroy the answer before the client reads it. */
+enum { DRAIN_MS = 2000, DRAIN_BYTES = 8 << 20 };
+
 enum chunk_state { C_SIZE, C_SIZE_LWS, C_EXTENSION, C_SIZE_LF, C_BODY, C_BODY_CR, C_BODY_LF, C_END_CR, C_END_LF, C_END };
 
 struct conn {
     int fd;
     u8 *buf;
     size_t len, cap;
-    bool eof, closing;
+    bool eof;
+    bool closing;  /* no more requests: answer sent, drain then close */
+    bool broken;   /* the socket failed: close at once */
+    bool draining;
+    u64 drain_deadline;
+    size_t drained;
     /* the request being read */
     size_t head_len;          /* 0: head not complete yet */
     bool continue_sent;
@@ -421,12 +432,12 @@ static const char *reason_phrase(int status)
 static void send_all(struct conn *c, const void *data, size_t n)
 {
     const u8 *p = data;
-    while (n && !c->closing) {
+    while (n && !c->broken) {
         long w = sys_send(c->fd, p, n, MSG_NOSIGNAL);
         if (w == -EINTR)
             continue;
         if (w <= 0) {
-            c->closing = true; /* the client went away; drop the connection */
+            c->closing = c->broken = true; /* the client went away; drop the connection */
             return;
         }
         p += w;
@@ -477,6 +488,17 @@ static void conn_close(int k)
     sys_close(c->fd);
     mem_free(c->buf, c->cap);
     conns[k] = conns[--nconns];
+}
+
+static void conn_start_drain(struct conn *c)
+{
+    sys_shutdown(c->fd, SHUT_WR);
+    mem_free(c->buf, c->cap);
+    c->buf = NULL;
+    c->cap = c->len = 0;
+    c->draining = true;
+    c->drain_deadline = now_ms() + DRAIN_MS;
+    c->drained = 0;
 }
 
 static bool conn_make_room(struct conn *c)
@@ -682,30 +704,61 @@ int http_serve(int listen_fd, http_handler handler, bool verbose, const char **w
 {
     verbose_ = verbose;
     static struct pollfd fds[MAX_CONNECTIONS + 1];
+    static u8 discard[65536];
     for (;;) {
         int n = 0;
         int listen_slot = -1;
-        if (nconns < MAX_CONNECTIONS) {
-            listen_slot = n;
-            fds[n++] = (struct pollfd){listen_fd, POLLIN, 0};
-        }
+        bool any_draining = false;
+        u64 next_deadline = UINT64_MAX;
+        listen_slot = n;
+        fds[n++] = (struct pollfd){listen_fd, POLLIN, 0};
         int first_conn = n;
-        for (int k = 0; k < nconns; k++)
+        for (int k = 0; k < nconns; k++) {
             fds[n++] = (struct pollfd){conns[k].fd, POLLIN, 0};
-        long rc = sys_ppoll(fds, (unsigned long)n, NULL);
+            if (conns[k].draining) {
+                any_draining = true;
+                if (conns[k].drain_deadline < next_deadline)
+                    next_deadline = conns[k].drain_deadline;
+            }
+        }
+        if (nconns >= MAX_CONNECTIONS && !any_draining)
+            fds[listen_slot].events = 0; /* full: new clients wait in the backlog */
+        struct timespec_ timeout, *tp = NULL;
+        if (any_draining) {
+            u64 now = now_ms();
+            u64 wait = next_deadline > now ? next_deadline - now : 0;
+            timeout.sec = (long)(wait / 1000);
+            timeout.nsec = (long)(wait % 1000) * 1000000;
+            tp = &timeout;
+        }
+        long rc = sys_ppoll(fds, (unsigned long)n, tp);
         if (rc == -EINTR)
             continue;
         if (rc < 0) {
             *what = "waiting for connections (ppoll) failed";
             return (int)rc;
         }
+        u64 now = any_draining ? now_ms() : 0;
         /* connections first, in reverse so that closing one (which moves the last into its
          * slot) does not skip another */
         for (int k = nconns - 1; k >= 0; k--) {
             short ev = fds[first_conn + k].revents;
+            struct conn *c = &conns[k];
+            if (c->draining) {
+                bool done = now >= c->drain_deadline;
+                if (ev) {
+                    long r = sys_read(c->fd, discard, sizeof discard);
+                    if (r > 0)
+                        c->drained += (size_t)r;
+                    if (r == 0 || (r < 0 && r != -EINTR && r != -EAGAIN) || c->drained > DRAIN_BYTES)
+                        done = true;
+                }
+                if (done)
+                    conn_close(k);
+                continue;
+            }
             if (!ev)
                 continue;
-            struct conn *c = &conns[k];
             if (ev & (POLLIN | POLLHUP | POLLERR)) {
                 if (conn_make_room(c)) {
                     long r = sys_read(c->fd, c->buf + c->len, c->cap - c->len);
@@ -714,21 +767,32 @@ int http_serve(int listen_fd, http_handler handler, bool verbose, const char **w
                     else if (r == 0)
                         c->eof = true;
                     else if (r != -EINTR && r != -EAGAIN)
-                        c->closing = true;
+                        c->closing = c->broken = true;
                 } else {
                     c->closing = true;
                 }
                 if (!c->closing)
                     conn_process(c, handler);
-                if (c->eof && !c->closing)
+                if (c->eof)
                     c->closing = true; /* nothing more can come; complete requests are answered */
             }
             if (ev & POLLNVAL)
-                c->closing = true;
-            if (c->closing)
+                c->closing = c->broken = true;
+            if (c->broken || (c->closing && c->eof))
                 conn_close(k);
+            else if (c->closing)
+                conn_start_drain(c);
         }
-        if (listen_slot >= 0 && (fds[listen_slot].revents & POLLIN)) {
+        if (fds[listen_slot].revents & POLLIN) {
+            if (nconns >= MAX_CONNECTIONS) { /* make room: the oldest draining connection goes */
+                for (int k = 0; k < nconns; k++)
+                    if (conns[k].draining) {
+                        conn_close(k);
+                        break;
+                    }
+            }
+            if (nconns >= MAX_CONNECTIONS)
+                continue;
             long fd = sys_accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC);
             if (fd >= 0) {
                 int one = 1;

@@ -108,6 +108,15 @@ long sys_ppoll(void *fds, unsigned long nfds, const void *timeout)
 {
     return SC(__NR_ppoll, fds, nfds, timeout, 0, 8, 0);
 }
+long sys_shutdown(int fd, int how) { return SC(__NR_shutdown, fd, how, 0, 0, 0, 0); }
+
+u64 now_ms(void)
+{
+    struct timespec_ t = {0, 0};
+    SC(__NR_clock_gettime, 1 /* CLOCK_MONOTONIC */, &t, 0, 0, 0, 0);
+    return (u64)t.sec * 1000 + (u64)t.nsec / 1000000;
+}
+
 long sys_renameat(int olddir, const char *old, int newdir, const char *new_)
 {
 #ifdef __NR_renameat

@@ -54,6 +54,9 @@ long sys_accept4(int fd, void *addr, u32 *len, int flags);
 long sys_send(int fd, const void *buf, size_t n, int flags);
 long sys_ppoll(void *fds, unsigned long nfds, const void *timeout);
 long sys_renameat(int olddir, const char *old, int newdir, const char *new_);
+long sys_shutdown(int fd, int how);
+/* milliseconds of CLOCK_MONOTONIC */
+u64 now_ms(void);
 void sys_exit(int code) __attribute__((noreturn));
 
 /* Set the disposition of a signal: handler, or NULL to ignore it. The handler runs once (the
@@ -78,6 +81,7 @@ enum {
     SOL_SOCKET = 1, SO_REUSEADDR = 2,
     IPPROTO_TCP = 6, TCP_NODELAY = 1,
     MSG_NOSIGNAL = 0x4000,
+    SHUT_WR = 1,
     POLLIN = 1, POLLOUT = 4, POLLERR = 8, POLLHUP = 16, POLLNVAL = 32,
 };
 
@@ -85,6 +89,11 @@ struct pollfd {
     int fd;
     short events;
     short revents;
+};
+
+struct timespec_ {
+    long sec;
+    long nsec;
 };
 
 struct sockaddr_in {
