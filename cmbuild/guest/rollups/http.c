@@ -542,6 +542,10 @@ static void dispatch(struct conn *c, struct request *r, http_handler handler, si
     if (verbose_)
         eprintf("rollups: %.*s %s -> %d", (int)r->method_len, (const char *)r->method, r->path, resp.status);
     respond(c, r->http11, resp.status, resp.content_type, &resp.body, close, !r->http11 && r->keep_alive);
+    if (out.cap > (1u << 20)) /* give back the memory of a big answer */
+        sb_free(&out);
+    if (resp.body.cap > (1u << 20))
+        sb_free(&resp.body);
     /* drop the request, keep what follows */
     memmove(c->buf, c->buf + consumed, c->len - consumed);
     c->len -= consumed;

@@ -1007,6 +1007,14 @@ static bool deserialize_struct(struct jp *p, const struct jschema *s, struct jva
     return true;
 }
 
+void json_release(void)
+{
+    if (scratch_mem.cap > (1u << 20))
+        sb_free(&scratch_mem);
+    if (frames_mem.cap > (1u << 20))
+        sb_free(&frames_mem);
+}
+
 bool json_parse(const struct jschema *schema, const u8 *in, size_t n, struct jvalue *out, struct sb *err)
 {
     sb_reset(&scratch_mem);

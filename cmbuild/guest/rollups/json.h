@@ -44,6 +44,9 @@ struct jvalue {
  * position) to err and return false. */
 bool json_parse(const struct jschema *schema, const u8 *in, size_t n, struct jvalue *out, struct sb *err);
 
+/* Give back the memory of a big parse (the strings of the last parse become invalid). */
+void json_release(void);
+
 /* f64 as Rust's ryu crate formats it (shortest round trip: "1.5", "1e20", "0.0001", "-0.0"). */
 void format_f64(struct sb *b, double v);
 

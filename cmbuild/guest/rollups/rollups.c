@@ -175,7 +175,8 @@ static void regex_error(struct sb *b, const char *field, const struct jvalue *v)
 
 /* ------------------------------------------------------------------ hex payloads ------- */
 
-static struct sb decoded; /* the bytes of the last decoded hex string */
+static struct sb decoded;       /* the bytes of the last decoded hex string */
+static struct sb payload_bytes; /* a voucher's payload while its other fields are decoded */
 
 /* The reference decodes `text[2..]` of each hex field, whatever its first two characters are.
  * Where that slice would panic in Rust (shorter than 2 bytes, or byte 2 inside a UTF-8
@@ -326,7 +327,6 @@ static void handle_voucher(const struct request *r, struct response *resp, bool 
         voucher_payload_error(resp);
         return;
     }
-    static struct sb payload_bytes;
     sb_reset(&payload_bytes);
     sb_put(&payload_bytes, decoded.p, decoded.len);
     if (payload_bytes.failed) {
@@ -572,8 +572,12 @@ static void handle(const struct request *r, struct response *resp)
     }
     if (resp->body.failed)
         out_of_memory(resp);
+    /* give back the memory of a big request */
     if (decoded.cap > (1u << 20))
         sb_free(&decoded);
+    if (payload_bytes.cap > (1u << 20))
+        sb_free(&payload_bytes);
+    json_release();
 }
 
 /* ------------------------------------------------------------------ main --------------- */
