@@ -204,6 +204,16 @@ class DriveConfig(BaseModel):
         return self
 
 
+class RollupsConfig(BaseModel):
+    """``[rollups]``: the project is a rollups app (a table, even an empty one, says so)."""
+
+    model_config = _strict()
+    # "builtin": the runtime layer's rollups server answers the Rollup HTTP API at
+    # http://127.0.0.1:5004 (ROLLUP_HTTP_SERVER_URL); "image": the image brings its own guest
+    # tools, and /dev/cmio is passed into the container instead
+    server: Literal["builtin", "image"] = "builtin"
+
+
 class CacheConfig(BaseModel):
     """``[cache]``: where the content-addressed store lives."""
 
@@ -220,6 +230,7 @@ class Project(BaseModel):
     machine: MachineConfig = Field(default_factory=MachineConfig)
     drives: dict[str, DriveConfig] = Field(default_factory=dict)
     cache: CacheConfig = Field(default_factory=CacheConfig)
+    rollups: RollupsConfig | None = None
 
     @field_validator("drives")
     @classmethod

@@ -208,6 +208,20 @@ class Context:
     def image_record(self) -> dict[str, Any]:
         return self.memo("image-record", lambda: self.store.read_json(self.output("pull")))
 
+    def bootargs(self) -> list[str]:
+        """The kernel command line words of this project's machine (after each backend's own):
+        ``cmbuild.rollups=1`` when init must start the built-in rollups server, then
+        ``[machine].bootargs`` (last, so that the user's words win)."""
+        r = self.project.rollups
+        return (["cmbuild.rollups=1"] if r is not None and r.server == "builtin" else []) + \
+            list(self.project.machine.bootargs)
+
+    @property
+    def rolling_template(self) -> bool:
+        """A snapshot is a rollups template: the machine runs until the app asks for its first
+        input (``--assert-rolling-template``)."""
+        return self.project.machine.assert_rolling_template or self.project.rollups is not None
+
     def machine_drives(self) -> list[tuple[str, Path, bool]]:
         """(label, path, read_only) of every drive, in machine order: root, app, config,
         then the extra drives."""

@@ -253,7 +253,7 @@ def run_action(ctx: Context, req: RunRequest | None = None) -> Any:
                               # `shared` behaves the same)
                               drives=[qemu.Drive(label=label, path=p, read_only=ro, discard_writes=True)
                                       for label, p, ro in dlist],
-                              append=list(kernel.get("cmdline", [])) + list(m.bootargs),
+                              append=list(kernel.get("cmdline", [])) + ctx.bootargs(),
                               ram=f"{max(m.ram_length, QEMU_MIN_RAM) >> 20}M", timeout=m.timeout,
                               stream=sys.stdout, interactive=req.interactive)
             outcome = result.outcome()
@@ -266,7 +266,7 @@ def run_action(ctx: Context, req: RunRequest | None = None) -> Any:
             result = cm.run(version=cm.require_cartesi_machine("`cmbuild run` on the cartesi backend"),
                             ram_image=ctx.path("kernel"), ram_length=str(m.ram_length),
                             drives=[cm.Drive(label=label, path=p, read_only=ro) for label, p, ro in dlist],
-                            bootargs=m.bootargs, max_mcycle=m.max_mcycle, timeout=m.timeout,
+                            bootargs=ctx.bootargs(), max_mcycle=m.max_mcycle, timeout=m.timeout,
                             final_hash=not req.interactive,  # -i: no hashes (not reproducible)
                             interactive=req.interactive)
             outcome = result.outcome()

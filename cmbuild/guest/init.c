@@ -24,6 +24,10 @@
  *                                  before the machine ends
  *   cmbuild.overlay=0              do not use overlayfs even when the kernel has it (to test, under
  *                                  QEMU, the fallbacks a Cartesi kernel without overlayfs takes)
+ *   cmbuild.rollups=1              a rollups app: bring up the loopback interface, start the
+ *                                  built-in rollups server (/usr/sbin/rollups, on 127.0.0.1:5004),
+ *                                  wait until it accepts connections, then start the container;
+ *                                  the server is supervised: if it ends, so does the machine (111)
  *   cmbuild.direct=1 -- CMD ARGS   benchmarks only: prepare the bundle exactly as for crun, then
  *                                  run CMD ARGS chrooted in /run/bundle/rootfs directly, without
  *                                  crun (the kernel passes the words after "--" to init)
@@ -69,6 +73,8 @@
  *   110  crun could not create the container (its own error is on the console above): the
  *        container's process never ran. Told apart from the container's own exit code by crun's
  *        pid file, which crun writes only once the container is set up.
+ *   111  the rollups server (cmbuild.rollups=1) could not be started, did not accept
+ *        connections in time, or ended while the container ran
  * The boot shim (shim.c, QEMU only) uses 120-123. A container may itself exit with any of these
  * numbers; the "cmbuild: error:" line on the console tells them apart.
  */
@@ -83,7 +89,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
+#include <sys/socket.h>
 #include <sys/reboot.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -105,6 +116,7 @@ enum {
     E_EXEC = 108,
     E_WAIT = 109,
     E_CRUN = 110,
+    E_ROLLUPS = 111,
 };
 
 enum machine { M_UNKNOWN, M_CARTESI, M_QEMU };
@@ -114,6 +126,8 @@ static enum machine machine = M_UNKNOWN;
 static int debug = 0;
 static int no_overlay = 0; /* cmbuild.overlay=0: behave as if the kernel had no overlayfs */
 static int direct = 0;     /* cmbuild.direct=1: run init's arguments without crun (benchmarks) */
+static int rollups = 0;    /* cmbuild.rollups=1: start the built-in rollups server first */
+static pid_t rollups_pid = -1;
 
 #define CRUN "/usr/bin/crun"
 #define BUSYBOX "/bin/busybox"
@@ -326,6 +340,8 @@ static void read_cmdline(void)
             no_overlay = 1;
         } else if (strcmp(tok, "cmbuild.direct=1") == 0) {
             direct = 1;
+        } else if (strcmp(tok, "cmbuild.rollups=1") == 0) {
+            rollups = 1;
         }
     }
     if (machine == M_UNKNOWN) {
@@ -727,6 +743,10 @@ static int wait_child(pid_t pid, const char *what)
                 continue;
             failf(E_WAIT, errno, "wait for %s", what);
         }
+        if (r == rollups_pid && r != pid) {
+            int c = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+            failf(E_ROLLUPS, 0, "the rollups server ended (status %d) while %s ran", c, what);
+        }
         if (r != pid)
             continue;
         int code;
@@ -767,6 +787,62 @@ static pid_t spawn(char *const argv[], char *const envp[], const char *root)
 
 static char *default_env[] = {"PATH=/usr/sbin:/usr/bin:/sbin:/bin",
                               "HOME=/", "TERM=linux", NULL};
+
+#define ROLLUPS "/usr/sbin/rollups"
+#define ROLLUPS_PORT 5004
+
+static void loopback_up(void)
+{
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        fail(E_ROLLUPS, "socket for the loopback interface", errno);
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    snprintf(ifr.ifr_name, sizeof ifr.ifr_name, "lo");
+    if (ioctl(fd, SIOCGIFFLAGS, &ifr) < 0)
+        fail(E_ROLLUPS, "read the flags of the loopback interface", errno);
+    ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
+    if (ioctl(fd, SIOCSIFFLAGS, &ifr) < 0)
+        fail(E_ROLLUPS, "bring up the loopback interface", errno);
+    close(fd);
+}
+
+static int accepts_connections(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return 0;
+    struct sockaddr_in a;
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_port = htons(ROLLUPS_PORT);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    int ok = connect(fd, (struct sockaddr *)&a, sizeof a) == 0;
+    close(fd);
+    return ok;
+}
+
+/* Start the built-in rollups server and wait (bounded) until it accepts connections. */
+static void start_rollups(void)
+{
+    loopback_up();
+    char *argv[] = {ROLLUPS, NULL};
+    rollups_pid = spawn(argv, default_env, NULL);
+    for (int i = 0; i < 1000; i++) {
+        if (accepts_connections()) {
+            dbg("cmbuild: rollups server ready (pid %d)", (int)rollups_pid);
+            return;
+        }
+        int st;
+        pid_t r = waitpid(rollups_pid, &st, WNOHANG);
+        if (r == rollups_pid)
+            failf(E_ROLLUPS, 0, "the rollups server ended (status %d) before it accepted connections",
+                  WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st));
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    fail(E_ROLLUPS, "the rollups server did not accept connections on 127.0.0.1:5004 within 10 s", 0);
+}
 
 static int run_container(void)
 {
@@ -843,6 +919,8 @@ int main(int argc, char **argv)
         app_rw ? "read-write" : "read-only");
     prepare_bundle(app_type, app_rw);
     mount_extra_drives();
+    if (rollups)
+        start_rollups();
     int code = direct ? run_direct(argc, argv) : run_container();
     finish(code);
 }

@@ -39,6 +39,7 @@ INIT_FAILURES = {
     108: "init: crun could not be started",
     109: "init: waiting for crun failed",
     110: "crun could not create the container (the container's process never ran)",
+    111: "init: the rollups server could not be started or ended while the container ran",
     120: "boot shim (qemu): devtmpfs, proc or sysfs could not be mounted",
     121: "boot shim (qemu): a kernel module could not be loaded",
     122: "boot shim (qemu): no drive labelled root appeared",

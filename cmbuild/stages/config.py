@@ -17,6 +17,8 @@ from ..pipeline import Context, Stage
 DRIVES_DIR = "/run/drives"   # where init mounts the extra drives (see cmbuild/guest/init.c)
 LABEL = "config"
 BLOCK = 4096
+ROLLUP_HTTP_SERVER_URL = "http://127.0.0.1:5004"   # the built-in rollups server (cmbuild/guest/rollups)
+CMIO_DEVICE = "/dev/cmio"
 
 
 def drive_bytes(doc: dict[str, Any]) -> bytes:
@@ -49,8 +51,9 @@ def key_doc(ctx: Context) -> tuple[Any, dict[str, Any]]:
     m = ctx.project.machine
     mounts = {name: {"mount": d.mount, "writable": d.format == "ext2"}
               for name, d in ctx.project.extra_drives().items()}
+    r = ctx.project.rollups
     options = {"entrypoint": m.entrypoint, "cmd": m.cmd, "env": m.env, "workdir": m.workdir,
-               "user": m.user, "mounts": mounts}
+               "user": m.user, "mounts": mounts, "rollups": None if r is None else r.server}
     return options, {"config": ctx.image_record()["config"], "rootfs": ctx.output("unpack")}
 
 
@@ -64,7 +67,17 @@ def runtime_config(ctx: Context, **changes: Any) -> dict[str, Any]:
     mounts = [Mount(destination=d.mount or "", source=f"{DRIVES_DIR}/{name}", type="bind",
                     options=["rbind", "rw" if d.format == "ext2" else "ro"])
               for name, d in ctx.project.extra_drives().items()]
-    values: dict[str, Any] = {"entrypoint": m.entrypoint, "cmd": m.cmd, "env": m.env or None,
+    r = ctx.project.rollups
+    env = dict(m.env)
+    if r is not None and r.server == "builtin":
+        # the app finds the built-in server as it finds Cartesi's own (the container shares
+        # the machine's network namespace); the project's env may still say otherwise
+        env = {"ROLLUP_HTTP_SERVER_URL": ROLLUP_HTTP_SERVER_URL, **env}
+    if r is not None and r.server == "image":
+        # the image's own guest tools talk to the cmio device themselves
+        mounts.append(Mount(destination=CMIO_DEVICE, source=CMIO_DEVICE, type="bind",
+                            options=["bind", "rw"]))
+    values: dict[str, Any] = {"entrypoint": m.entrypoint, "cmd": m.cmd, "env": env or None,
                               "workdir": m.workdir, "user": m.user}
     values.update(changes)
     return make_runtime_config(image_config, Overrides(**values), passwd=passwd, group=group,

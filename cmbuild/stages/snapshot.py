@@ -20,8 +20,8 @@ def key_doc(ctx: Context) -> tuple[Any, dict[str, Any]]:
                            hint=f"{cm.INSTALL_HINT}; or set [machine].backend = \"qemu\" and use "
                                 "`cmbuild run` to run the container under QEMU")
     drives_in = {ctx.graph[n].drive_label: ctx.output(n) for n in ctx.graph.drives()}
-    options = {"ram_length": m.ram_length, "bootargs": m.bootargs, "max_mcycle": m.max_mcycle,
-               "assert_rolling_template": m.assert_rolling_template,
+    options = {"ram_length": m.ram_length, "bootargs": ctx.bootargs(), "max_mcycle": m.max_mcycle,
+               "assert_rolling_template": ctx.rolling_template,
                "emulator": ".".join(map(str, version))}
     return options, {"kernel": ctx.output("kernel"), "drives": drives_in}
 
@@ -34,8 +34,8 @@ def build(ctx: Context) -> tuple[str, dict[str, Any]]:
         out_dir = tmp / "image"
         result = cm.snapshot(version=ctx.memo("cm-version", cm.installed_version),
                              ram_image=ctx.path("kernel"), ram_length=str(m.ram_length),
-                             drives=drives_list, bootargs=m.bootargs, store_dir=out_dir,
-                             max_mcycle=m.max_mcycle, assert_rolling_template=m.assert_rolling_template,
+                             drives=drives_list, bootargs=ctx.bootargs(), store_dir=out_dir,
+                             max_mcycle=m.max_mcycle, assert_rolling_template=ctx.rolling_template,
                              # the machine's console is a log here: standard error
                              console=cm.stream_sink(sys.stderr), timeout=m.timeout)
         root_hash = result.root_hash
