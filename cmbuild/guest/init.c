@@ -652,16 +652,6 @@ static void mount_extra(const char *label, const char *name)
         rw ? "read-write" : "read-only", target);
 }
 
-/* The device-tree node an alias names ("/pmem@88000000"), or "" when unreadable. */
-static void alias_node(const char *alias, char *node, size_t n)
-{
-    char path[512];
-    snprintf(path, sizeof path, "/proc/device-tree/aliases/%s", alias);
-    if (read_text(path, node, n) < 0)
-        node[0] = 0;
-    trim(node);
-}
-
 static int is_generic_alias(const char *name)
 {
     if (strncmp(name, "flashdrive", 10) != 0 || !name[10])
@@ -672,50 +662,50 @@ static int is_generic_alias(const char *name)
     return 1;
 }
 
+#define MAX_ALIASES 64
+
 /* Cartesi: the emulator names every flash drive twice in /aliases, by its label and as
-   "flashdrive<N>". Mount each drive once, by its label, and never root, app or config again. */
-static int skip_cartesi_alias(const char *name)
+   "flashdrive<N>". Mount each drive once, by its label, and never root, app or config again.
+   The aliases are read once (every read of /proc/device-tree costs cycles). */
+static void mount_extra_drives_cartesi(void)
 {
-    static const char *own[] = {"root", "app", "config"};
-    char node[256], other[256];
-    alias_node(name, node, sizeof node);
-    if (!node[0])
-        return 1;
-    for (unsigned i = 0; i < sizeof own / sizeof *own; i++) {
-        alias_node(own[i], other, sizeof other);
-        if (strcmp(name, own[i]) == 0 || strcmp(node, other) == 0)
-            return 1;
-    }
-    if (!is_generic_alias(name))
-        return 0;
+    static char names[MAX_ALIASES][64], nodes[MAX_ALIASES][64];
+    int n = 0;
     DIR *d = opendir("/proc/device-tree/aliases");
     struct dirent *e;
-    int named = 0;
-    while (d && !named && (e = readdir(d))) {
-        if (e->d_name[0] == '.' || strcmp(e->d_name, "name") == 0 || is_generic_alias(e->d_name))
+    while (d && n < MAX_ALIASES && (e = readdir(d))) {
+        if (e->d_name[0] == '.' || strcmp(e->d_name, "name") == 0 || strlen(e->d_name) >= 64)
             continue;
-        alias_node(e->d_name, other, sizeof other);
-        named = strcmp(node, other) == 0;
+        char path[512];
+        snprintf(path, sizeof path, "/proc/device-tree/aliases/%s", e->d_name);
+        if (read_text(path, nodes[n], sizeof nodes[n]) < 0)
+            continue;
+        trim(nodes[n]);
+        snprintf(names[n], sizeof names[n], "%s", e->d_name);
+        n++;
     }
     if (d)
         closedir(d);
-    return named;
+    for (int i = 0; i < n; i++) {
+        int skip = 0;
+        for (int j = 0; j < n && !skip; j++) {
+            int own = strcmp(names[j], "root") == 0 || strcmp(names[j], "app") == 0 ||
+                      strcmp(names[j], "config") == 0;
+            /* root, app, config and their other names; a flashdrive<N> with a label */
+            if (strcmp(nodes[i], nodes[j]) == 0 &&
+                (own || (is_generic_alias(names[i]) && !is_generic_alias(names[j]))))
+                skip = 1;
+        }
+        char name[256];
+        if (!skip && find_drive_cartesi(names[i], name, sizeof name) == 0)
+            mount_extra(names[i], name);
+    }
 }
 
 static void mount_extra_drives(void)
 {
     if (machine == M_CARTESI) {
-        DIR *d = opendir("/proc/device-tree/aliases");
-        struct dirent *e;
-        while (d && (e = readdir(d))) {
-            if (e->d_name[0] == '.' || strcmp(e->d_name, "name") == 0 || skip_cartesi_alias(e->d_name))
-                continue;
-            char name[256];
-            if (find_drive_cartesi(e->d_name, name, sizeof name) == 0)
-                mount_extra(e->d_name, name);
-        }
-        if (d)
-            closedir(d);
+        mount_extra_drives_cartesi();
         return;
     }
     DIR *d = opendir("/sys/block");
