@@ -80,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
             break
     if args[:1] == ["init"]:
         return init_project(args[1:])
+    if args[:1] in (["advance"], ["inspect"], ["inputs"]):
+        from .inputs_cli import main as inputs_main
+        return inputs_main(args, cfg, allow_unpinned)
     if cfg:
         os.environ["CMBUILD_CONFIG"] = os.path.abspath(cfg)
     if allow_unpinned:

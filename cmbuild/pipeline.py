@@ -116,10 +116,10 @@ class Graph:
 
 def project_graph(project: Project) -> Graph:
     """The stages that build ``project``, as the README's pipeline draws them."""
-    from .stages import config, drives, init, kernel, pull, runtime, snapshot, squashfs, unpack
+    from .stages import config, drives, init, kernel, pull, rollups, runtime, snapshot, squashfs, unpack
     extra = [drives.stage(name) for name in project.extra_drives()]
     # drives in machine order: root (the runtime layer) first, then app, config, the extras
-    base = [pull.stage(), unpack.stage(), init.stage(), runtime.stage(), squashfs.stage(),
+    base = [pull.stage(), unpack.stage(), init.stage(), rollups.stage(), runtime.stage(), squashfs.stage(),
             config.stage(), kernel.stage(), *extra]
     machine = [s.name for s in base if s.drive_label is not None] + ["kernel"]
     return Graph([*base, snapshot.stage(tuple(machine))])

@@ -45,6 +45,7 @@ MERGED_USR = {"bin": "usr/bin", "lib": "usr/lib", "sbin": "usr/sbin"}
 CRUN = "usr/bin/crun"
 BUSYBOX = "usr/bin/busybox"
 INIT = "usr/sbin/init"
+ROLLUPS = "usr/sbin/rollups"   # the built-in rollups server (cmbuild/guest/rollups)
 EM_RISCV = 243
 SIZE_TARGET = 6 * 1000 * 1000  # bytes, uncompressed squashfs
 
@@ -71,8 +72,9 @@ class Entry:
 
 
 def runtime_key(recipe: RuntimeRecipe, init_digest: str, compression: str,
-                extra: dict[str, str] | None = None) -> str:
-    """The stage key of a runtime layer build (``extra``: the stub's digest, if any)."""
+                extra: dict[str, Any] | None = None) -> str:
+    """The stage key of a runtime layer build (``extra``: the stub's digest, if any, and
+    cmbuild's other programs)."""
     return stage_key(STAGE, STAGE_VERSION,
                      {"recipe": recipe.version, "recipe_sha256": recipe.sha256,
                       "compression": compression},
@@ -178,8 +180,16 @@ def _check_init(init: Path, init_digest: str) -> str:
     return "dynamic" if info.interpreter or info.needed else "static"
 
 
-def _entries(recipe: RuntimeRecipe, tree: Path, init: Path, init_digest: str) -> list[Entry]:
-    """The layer's entries, computed from the unpacked packages ``tree``."""
+def _check_program(path: Path, rel: str) -> None:
+    info = elf.parse(path)
+    if info.machine != EM_RISCV or info.interpreter:
+        raise CmbuildError(f"/{rel} must be a static RISC-V program", where=str(path))
+
+
+def _entries(recipe: RuntimeRecipe, tree: Path, init: Path, init_digest: str,
+             programs: dict[str, Path] | None = None) -> list[Entry]:
+    """The layer's entries, computed from the unpacked packages ``tree``; ``programs``: more
+    static programs of cmbuild's own (``usr/sbin/rollups`` -> file)."""
     for rel, what in ((CRUN, "crun"), (BUSYBOX, "busybox-static")):
         if not (tree / rel).is_file():
             raise CmbuildError(f"package {what} has no /{rel}", where=str(recipe.path))
@@ -198,6 +208,9 @@ def _entries(recipe: RuntimeRecipe, tree: Path, init: Path, init_digest: str) ->
     add(Entry(CRUN, "file", 0o755, "crun", source=tree / CRUN))
     add(Entry(BUSYBOX, "file", 0o755, "busybox", source=tree / BUSYBOX))
     add(Entry(INIT, "file", 0o755, "init", source=init))
+    for rel, path in sorted((programs or {}).items()):
+        _check_program(path, rel)
+        add(Entry(rel, "file", 0o755, Path(rel).name, source=path))
     for a in recipe.busybox_applets:
         add(Entry(f"usr/bin/{a}", "symlink", 0o777, "busybox", target="busybox"))
     kind = _check_init(init, init_digest)
@@ -287,8 +300,8 @@ def _size_table(entries: list[Entry], image_size: int, compression: str) -> str:
     return "\n".join(lines)
 
 
-def runtime_contents(recipe: RuntimeRecipe, store: Store,
-                     init_digest: str | None = None) -> dict[str, str]:
+def runtime_contents(recipe: RuntimeRecipe, store: Store, init_digest: str | None = None,
+                     programs: dict[str, str] | None = None) -> dict[str, str]:
     """What the layer of ``recipe`` holds: ``/path`` -> ``"file 0755"``, ``"dir 0755"`` or
     ``"symlink <target>"``. Without ``init_digest`` the init is taken to be a static program."""
     with store.tmpdir("runtime-contents-") as tmp:
@@ -299,18 +312,25 @@ def runtime_contents(recipe: RuntimeRecipe, store: Store,
             init_digest = "static"
         else:
             init = store.require(init_digest, "init program")
-        return {"/" + e.path: e.describe() for e in _entries(recipe, tree, init, init_digest)}
+        progs = {rel: store.require(d, rel) for rel, d in (programs or {}).items()}
+        return {"/" + e.path: e.describe() for e in _entries(recipe, tree, init, init_digest, progs)}
 
 
 def build_runtime(store: Store, recipe: RuntimeRecipe, *, init_digest: str,
-                  compression: str = "none", quiet: bool = False) -> str:
-    """Build the runtime layer squashfs; return its digest."""
+                  compression: str = "none", quiet: bool = False,
+                  programs: dict[str, str] | None = None) -> str:
+    """Build the runtime layer squashfs; return its digest. ``programs``: more static programs
+    of cmbuild's own, by path in the layer and store digest (``usr/sbin/rollups``)."""
     if compression not in drives.COMPRESSIONS:
         raise CmbuildError(f"unknown compression {compression!r}; choose one of "
                            f"{', '.join(drives.COMPRESSIONS)}")
     init = store.require(init_digest, "init program")
     extra = {"sdstub": build_sdstub(store)} if recipe.libsystemd == "stub" else {}
-    key = runtime_key(recipe, init_digest, compression, extra)
+    progs = {rel: store.require(d, rel) for rel, d in sorted((programs or {}).items())}
+    key_extra: dict[str, Any] = dict(extra)
+    if programs:
+        key_extra["programs"] = dict(sorted(programs.items()))
+    key = runtime_key(recipe, init_digest, compression, key_extra)
     with store.key_lock(key):
         rec = store.get_key(key)
         if rec is not None:
@@ -319,7 +339,7 @@ def build_runtime(store: Store, recipe: RuntimeRecipe, *, init_digest: str,
             tree = tmp / "tree"
             if prepare_tree(store, recipe, tree) != extra:
                 raise CmbuildError("the libsystemd stub changed during the build")
-            entries = _entries(recipe, tree, init, init_digest)
+            entries = _entries(recipe, tree, init, init_digest, progs)
             tar_path = tmp / "layer.tar"
             write_tar(entries, tar_path)
             image = tmp / "layer.sqfs"
@@ -356,18 +376,21 @@ def key_doc(ctx: "Context") -> tuple[Any, dict[str, Any]]:
     sdstub = guest_dir() / "sdstub"
     stub = file_digests(sdstub.iterdir()) if sdstub.is_dir() else {}
     return ({"compression": r.compression, "version": r.version, "compiler": compiler(ctx)},
-            {"recipe": sha256_file(recipe_file), "init": ctx.output("init"), "sdstub": stub})
+            {"recipe": sha256_file(recipe_file), "init": ctx.output("init"), "sdstub": stub,
+             "programs": {ROLLUPS: ctx.output("rollups")}})
 
 
 def build(ctx: "Context") -> tuple[str, dict[str, Any]]:
     digest = build_runtime(ctx.store, _recipe(ctx), init_digest=ctx.output("init"),
-                           compression=ctx.project.runtime.compression)
+                           compression=ctx.project.runtime.compression,
+                           programs={ROLLUPS: ctx.output("rollups")})
     return digest, {}
 
 
 def stage() -> "Stage":
     from ..pipeline import Stage
-    return Stage("runtime", 1, ("init",), "the runtime layer: init + crun + busybox, read-only squashfs",
+    return Stage("runtime", 1, ("init", "rollups"),
+                 "the runtime layer: init + crun + busybox + the rollups server, read-only squashfs",
                  key_doc, build, lambda ctx: "root.sqfs",
                  ("cmbuild.stages.runtime", "cmbuild.elf", "cmbuild.debian", "cmbuild.drives"),
                  drive_label="root")
