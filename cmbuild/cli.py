@@ -15,7 +15,8 @@ from doit.doit_cmd import DoitMain
 DOIT_COMMANDS = {"list", "info", "clean", "forget", "ignore", "dumpdb", "help", "strace",
                  "reset-dep", "auto", "tabcompletion"}
 USAGE = """usage: cmbuild [-c cartesi.toml] [--allow-unpinned] [TASK|doit-command] [args]
-       cmbuild init [IMAGE]     write cartesi.toml (and dodo.py, for plain doit) here
+       cmbuild init [IMAGE] [--rollups[=builtin|image]]
+                                write cartesi.toml (and dodo.py, for plain doit) here
 
 tasks:    snapshot (default), build, run (= boot), hash [--json], lock, audit [--stage S],
           verify [--repair], app (= squashfs + config), and one per stage: pull, unpack,
@@ -36,19 +37,70 @@ compression = "none"
 [machine]
 ram_length = "128Mi"
 # env = {{ KEY = "value" }}
+{rollups}"""
+ROLLUPS_TABLE = """
+# a rollups app: the runtime layer answers the Rollup HTTP API at $ROLLUP_HTTP_SERVER_URL,
+# and the snapshot is the template that waits for the first input
+[rollups]
+server = "{server}"   # "builtin"; "image" when the image brings Cartesi's guest tools
+"""
+ROLLUPS_HINT = """
+# a rollups app? add:  [rollups]   (see "Rollups apps" in cmbuild's README)
 """
 DODO = "# doit in this folder builds cartesi.toml\nfrom cmbuild.dodo import *  # noqa: F401,F403\n"
 
 
+def _guess_rollups(image: str) -> str | None:
+    """For a local image: "image" when it already brings Cartesi's guest tools (its command
+    runs rollup-init, or its Env names ROLLUP_HTTP_SERVER_URL), else None (undecided)."""
+    import tempfile
+    from pathlib import Path
+
+    from .errors import CmbuildError
+    from .oci.pull import pull
+    from .store import Store
+    try:
+        with tempfile.TemporaryDirectory(prefix="cmbuild-init-") as t:
+            store = Store(Path(t))
+            rec = store.read_json(pull(store, ref=None, digest=None, path=Path(image),
+                                       allow_unpinned=True, progress=False))
+            cfg = store.read_json(rec["config"])
+    except CmbuildError:   # not an image we can read: no guess
+        return None
+    c = (cfg or {}).get("config") or {}
+    words = " ".join([*(c.get("Entrypoint") or []), *(c.get("Cmd") or []), *(c.get("Env") or [])])
+    return "image" if ("rollup-init" in words or "ROLLUP_HTTP_SERVER_URL" in words) else None
+
+
 def init_project(args: list[str]) -> int:
-    """``cmbuild init [IMAGE]``: a cartesi.toml (IMAGE: a registry ref, or a path to an OCI
-    layout or docker-save tarball) and a one-line dodo.py, never overwriting either."""
+    """``cmbuild init [IMAGE] [--rollups[=builtin|image]]``: a cartesi.toml (IMAGE: a registry
+    ref, or a path to an OCI layout or docker-save tarball) and a one-line dodo.py, never
+    overwriting either. ``--rollups`` makes it a rollups app (``[rollups]``); a local image
+    that already runs Cartesi's guest tools gets ``server = "image"``."""
     from pathlib import Path
     here = Path.cwd()
-    image = args[0] if args else "ghcr.io/you/app:1.0"
-    line = (f'path = "{image}"' if Path(image).exists() else f'ref = "{image}"')
+    flags = [a for a in args if a.startswith("--")]
+    rest = [a for a in args if not a.startswith("--")]
+    image = rest[0] if rest else "ghcr.io/you/app:1.0"
+    server = None
+    for f in flags:
+        if f == "--rollups":
+            server = "builtin"
+        elif f in ("--rollups=builtin", "--rollups=image"):
+            server = f.split("=", 1)[1]
+        else:
+            print(f"cmbuild: error: unknown option {f} (init takes IMAGE and --rollups[=builtin|image])",
+                  file=sys.stderr)
+            return 2
+    local = Path(image).exists()
+    if server == "builtin" and local and _guess_rollups(image) == "image":
+        server = "image"
+        print("cmbuild: the image runs Cartesi's guest tools itself: [rollups] server = \"image\"",
+              file=sys.stderr)
+    line = (f'path = "{image}"' if local else f'ref = "{image}"')
+    rollups = ROLLUPS_TABLE.format(server=server) if server else ROLLUPS_HINT
     wrote = []
-    for name, text in (("cartesi.toml", TEMPLATE.format(image=line)), ("dodo.py", DODO)):
+    for name, text in (("cartesi.toml", TEMPLATE.format(image=line, rollups=rollups)), ("dodo.py", DODO)):
         target = here / name
         if target.exists():
             print(f"cmbuild: {name} exists; left as it is", file=sys.stderr)

@@ -168,8 +168,8 @@ def test_unpinned_ref_is_refused(tmp_path: Path) -> None:
 def test_list_shows_the_stages(tmp_path: Path) -> None:
     proj = make_project(tmp_path / "p")
     out = cmbuild(proj, "list").stdout
-    for name in ("pull", "unpack", "config", "app", "init", "runtime", "kernel", "snapshot", "boot",
-                 "audit", "verify", "hash", "lock"):
+    for name in ("pull", "unpack", "squashfs", "config", "app", "init", "rollups", "runtime", "kernel",
+                 "snapshot", "boot", "audit", "verify", "hash", "lock"):
         assert re.search(rf"^{name}\s", out, re.M), name
 
 
@@ -186,6 +186,22 @@ def test_init_writes_a_project_that_plain_doit_builds(tmp_path: Path) -> None:
     p = subprocess.run([sys.executable, "-m", "doit", "app"], cwd=proj, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     assert (proj / ".cartesi" / "app.sqfs").is_file()
+
+
+def test_init_for_a_rollups_app(tmp_path: Path) -> None:
+    from cmbuild.config import load_project
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    cmbuild(plain, "init", str(EXAMPLE))
+    assert load_project(plain / "cartesi.toml").rollups is None
+    assert "# a rollups app? add:  [rollups]" in (plain / "cartesi.toml").read_text()
+    for flag, server in (("--rollups", "builtin"), ("--rollups=image", "image")):
+        proj = tmp_path / server
+        proj.mkdir()
+        cmbuild(proj, "init", str(EXAMPLE), flag)
+        assert load_project(proj / "cartesi.toml").rollups.server == server
+    bad = cmbuild(tmp_path, "init", "x", "--rollup", check=False)
+    assert bad.returncode == 2 and "unknown option --rollup" in bad.stderr
 
 
 def test_docker_save_tarball_written_by_skopeo_builds_the_same_drive(tmp_path: Path) -> None:
