@@ -134,7 +134,8 @@ def _run(cmd: list[str], timeout: float) -> tuple[int, str, str]:
 def _collect(tmp: Path, index: int | None, pattern_outputs: str, pattern_reports: str) -> tuple[list, list]:
     def key(p: Path) -> int:
         return int(re.findall(r"\d+", p.name)[-1 if "report" in p.name else 0])
-    outputs = [decode_output(p.read_bytes()) for p in sorted(tmp.glob(pattern_outputs), key=key)]
+    outputs = [{**decode_output(data), "abi": "0x" + data.hex()}
+               for data in (p.read_bytes() for p in sorted(tmp.glob(pattern_outputs), key=key))]
     reports = ["0x" + p.read_bytes().hex() for p in sorted(tmp.glob(pattern_reports), key=key)]
     return outputs, reports
 
@@ -183,8 +184,9 @@ def advance(ctx: Context, payload: bytes, meta: dict[str, Any] | None = None) ->
         pattern = "output-*-input-*.bin" if status == "accepted" else "rejected-output-*-input-*.bin"
         outputs, reports = _collect(tmp, i, pattern, f"input-{i}-report-*.bin")
         parsed = cm.parse_hash(err)
+        # a rejected input is rolled back: the state keeps the root hash it had
         result = Result("advance", status, i, outputs, reports,
-                        root_hash=parsed["hashes"][-1][1] if parsed["hashes"] else None,
+                        root_hash=parsed["hashes"][-1][1] if parsed["hashes"] and status != "rejected" else None,
                         cycles=_cycles(err))
         if status == "exception":
             m2 = re.search(r'cmio exception with payload: "(.*)"', err)
@@ -227,8 +229,10 @@ def _check(rc: int, status: str, err: str, cmd: list[str]) -> None:
 
 
 def _cycles(err: str) -> int | None:
-    found = _CYCLES.findall(err)
-    return int(found[-1]) if found else None
+    """Cycles the input took: the emulator prints the machine's cycle counter at the yield it
+    was loaded at and at each later one."""
+    found = [int(c) for c in _CYCLES.findall(err)]
+    return found[-1] - found[0] if len(found) >= 2 else None
 
 
 def inspect(ctx: Context, payload: bytes) -> Result:
@@ -278,6 +282,8 @@ def show(result: Result, json_out: bool) -> None:
         print(f"  exception payload={result.exception}")
     if result.root_hash:
         print(f"  root hash: {result.root_hash}")
+    elif result.status == "rejected":
+        print("  rolled back: the state is as it was before this input")
 
 
 def _show_bytes(hex_: str) -> str:
