@@ -609,6 +609,15 @@ int main(int argc, char **argv)
             return E_USAGE;
         }
     }
+    /* 0, 1 and 2 must be open, or the socket could take fd 2 and messages would go to a client */
+    for (;;) {
+        long fd = sys_openat(AT_FDCWD, "/dev/null", O_RDWR, 0);
+        if (fd < 0 || fd > 2) {
+            if (fd > 2)
+                sys_close((int)fd);
+            break;
+        }
+    }
     struct sockaddr_in sa;
     if (!http_parse_address(address, &sa)) {
         eprintf("rollups: error: bad --address (expected IPv4-ADDRESS:PORT or localhost:PORT): %s", address);
