@@ -986,40 +986,40 @@ def test_fatal_errors_have_codes(host_server: Path, tmp_path: Path) -> None:
                               text=True, timeout=10)
 
     p = run("--bogus")
-    assert p.returncode == 111 and "rollups: error: unknown argument: --bogus" in p.stderr
+    assert p.returncode == 90 and "rollups: error: unknown argument: --bogus" in p.stderr
     p = run("--address", "nowhere")
-    assert p.returncode == 111 and "rollups: error: bad --address" in p.stderr
+    assert p.returncode == 90 and "rollups: error: bad --address" in p.stderr
     p = run("--address", "127.0.0.1:0", CMIO_FAKE_DIR=str(tmp_path / "missing"))
-    assert p.returncode == 112
+    assert p.returncode == 91
     assert p.stderr.strip() == ("rollups: error: cannot open the fake cmio device (CMIO_FAKE_DIR): "
                                 "No such file or directory")
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen(1)
         p = run("--address", f"127.0.0.1:{busy.getsockname()[1]}")
-    assert p.returncode == 114
+    assert p.returncode == 93
     assert p.stderr.strip() == "rollups: error: cannot bind the listening socket: Address already in use"
     p = run("--help")
     assert p.returncode == 0 and p.stdout.startswith("usage: rollups")
 
 
-def _table_from_source(text: str) -> dict[int, str]:
+def _table_from_source(text: str, codes: str) -> dict[int, str]:
     header = text.split("*/", 1)[0]
     return {int(m.group(1)): m.group(2).strip()
-            for m in re.finditer(r"^ \*   (1[0-9]{2})  (.+)$", header, re.M)}
+            for m in re.finditer(r"^ \*\s+(" + codes + r")  (.+)$", header, re.M)}
 
 
 def test_exit_codes_documented_and_distinct() -> None:
-    """The header table of rollups.c matches its enum; the codes are its own (not init's, the
-    shim's, nor the host's 124/125)."""
+    """The header table of rollups.c matches its enum; the codes are a decade of their own,
+    apart from init's, the shim's and the host's 124/125."""
     text = (RDIR / "rollups.c").read_text()
     enum = {int(v) for v in re.findall(r"E_[A-Z_]+ = (\d+),", text)}
-    assert enum == set(_table_from_source(text))
+    assert enum == set(_table_from_source(text, r"9[0-9]"))
     guest = ROOT / "cmbuild/guest"
     others = {int(v) for v in re.findall(r"E_[A-Z_]+ = (\d+)", (guest / "init.c").read_text())}
     others |= {int(v) for v in re.findall(r"E_[A-Z]+ = (\d+)", (guest / "shim.c").read_text())}
     assert not enum & (others | {124, 125})
-    assert all(100 <= c < 128 for c in enum)
+    assert all(90 <= c < 100 for c in enum)
 
 
 # ------------------------------------------------------------------ the riscv64 build ------

@@ -46,13 +46,15 @@
  * Errors are 400 with the reference's text (hex payloads are decoded from their third
  * character on, without checking the "0x", exactly as the reference does).
  *
- * Exit codes (every one printed first as "rollups: error: <what failed>: <errno text>"):
- *   111  the command line is wrong (unknown option, bad --address)
- *   112  /dev/cmio could not be opened (missing, or already open: one opener at a time)
- *   113  /dev/cmio could not be set up (IOCTL_CMIO_SETUP or mapping the tx/rx buffers failed)
- *   114  the listening socket could not be made (socket, bind or listen failed)
- *   115  serving failed (waiting for or accepting connections failed)
- *   116  internal error: a crash (SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT)
+ * Exit codes (every one printed first as "rollups: error: <what failed>: <errno text>"). They
+ * are a decade of their own, apart from init's and the shim's 100-123 and the host's 124/125
+ * (init reports any end of this server as its own code 111, quoting this status):
+ *    90  the command line is wrong (unknown option, bad --address)
+ *    91  /dev/cmio could not be opened (missing, or already open: one opener at a time)
+ *    92  /dev/cmio could not be set up (IOCTL_CMIO_SETUP or mapping the tx/rx buffers failed)
+ *    93  the listening socket could not be made (socket, bind or listen failed)
+ *    94  serving failed (waiting for or accepting connections failed)
+ *    95  internal error: a crash (SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT)
  */
 #include "abi.h"
 #include "cmio.h"
@@ -63,12 +65,12 @@
 #include "sys.h"
 
 enum {
-    E_USAGE = 111,
-    E_CMIO_OPEN = 112,
-    E_CMIO_SETUP = 113,
-    E_LISTEN = 114,
-    E_SERVE = 115,
-    E_INTERNAL = 116,
+    E_USAGE = 90,
+    E_CMIO_OPEN = 91,
+    E_CMIO_SETUP = 92,
+    E_LISTEN = 93,
+    E_SERVE = 94,
+    E_INTERNAL = 95,
 };
 
 static bool verbose;
