@@ -180,3 +180,18 @@ def test_builtin_server_size(echo: Path) -> None:
                              capture_output=True, text=True, check=True).stdout
     size = int(next(line.split()[2] for line in listing.splitlines() if line.endswith("/usr/sbin/rollups")))
     assert 0 < size < 200_000                          # the goal: under 200 KB in the runtime layer
+
+
+def test_server_image_passes_the_cmio_device(tmp_path: Path, cache: Path) -> None:
+    """`server = "image"`: no built-in server; /dev/cmio is in the container for the image's own
+    guest tools, and ROLLUP_HTTP_SERVER_URL is not set by cmbuild."""
+    proj = project(tmp_path / "p", cache, EXAMPLE, extra='server = "image"',
+                   machine='user = "root"\nentrypoint = ["/bin/sh", "-c", '
+                           '"test -c /dev/cmio && echo cmio-is-a-char-device; echo url=$ROLLUP_HTTP_SERVER_URL"]')
+    p = cmbuild(proj, "run")
+    assert p.returncode == 0, show(p)
+    assert "cmio-is-a-char-device" in p.stdout and "url=\n" in p.stdout
+    assert "rollups: listening" not in p.stdout
+    config = json.loads((proj / ".cartesi" / "config.json").read_text())
+    assert {"destination": "/dev/cmio", "type": "bind", "source": "/dev/cmio",
+            "options": ["bind", "rw"]} in config["mounts"]
