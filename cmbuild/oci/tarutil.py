@@ -396,3 +396,14 @@ class TarWriter:
         """Two zero blocks end the archive."""
         self._put(bytes(2 * BLOCK))
         self.flush()
+
+
+def write_entry(w: TarWriter, e: TarEntry, fd: int, name: bytes | None = None,
+                linkname: bytes | None = None) -> None:
+    """Write entry ``e`` (its header, and its data read from ``fd`` at ``e.offset``), under
+    ``name`` and ``linkname`` when given."""
+    w.header(build_header(e.name if name is None else name, e.type, e.mode, e.uid, e.gid, e.size,
+                          e.mtime, e.linkname if linkname is None else linkname, e.devmajor,
+                          e.devminor, e.xattrs))
+    if e.size and e.type not in HEADER_ONLY:
+        w.data_from(fd, e.offset, e.size)
