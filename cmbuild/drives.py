@@ -111,11 +111,25 @@ def tar_to_squashfs(src: Path | BinaryIO, out: Path, compression: str = "none") 
             f.close()
 
 
+PIPE_SIZE = 1 << 20
+
+
+def _widen(fd: int) -> None:
+    """Give a pipe 1 MiB of buffer (Linux: /proc/sys/fs/pipe-max-size allows that by default)
+    instead of 64 KiB: 16 times fewer switches between the writer and the tool."""
+    import fcntl
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+    except (OSError, AttributeError):
+        pass   # a smaller buffer works too, only more slowly
+
+
 def squashfs_from_writer(write: Callable[[BinaryIO], None], out: Path, compression: str = "none") -> None:
     """Like :func:`tar_to_squashfs`, but the tar is produced by ``write(stream)`` in a thread
     and piped straight into the tool: no temporary copy of the tar on disk."""
     import threading
     r, w = os.pipe()
+    _widen(w)
     error: list[BaseException] = []
 
     def produce() -> None:

@@ -251,20 +251,29 @@ class RegistryClient:
         todo = list({d.digest: d for d in descs if not store.has(d.digest)}.values())
         if not todo:
             return
-        show = progress and sys.stderr.isatty()
+        workers = max(1, min(workers, len(todo)))
+        if not (progress and sys.stderr.isatty()):
+            _each(workers, todo, lambda d: self.fetch_blob(store, repository, d))
+            return
         from rich.console import Console
         from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
                                    TransferSpeedColumn)
         bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                       TransferSpeedColumn(), console=Console(stderr=True), disable=not show,
-                       transient=False)
-        with bar, ThreadPoolExecutor(max_workers=max(1, min(workers, len(todo)))) as pool:
-            def one(d: Descriptor) -> None:
-                task = bar.add_task(d.digest[7:19], total=d.size)
-                self.fetch_blob(store, repository, d,
-                                lambda n: bar.update(task, advance=n))
-            for future in [pool.submit(one, d) for d in todo]:
-                future.result()
+                       TransferSpeedColumn(), console=Console(stderr=True), transient=False)
+
+        def one(d: Descriptor) -> None:
+            task = bar.add_task(d.digest[7:19], total=d.size)
+            self.fetch_blob(store, repository, d, lambda n: bar.update(task, advance=n))
+
+        with bar:
+            _each(workers, todo, one)
+
+
+def _each(workers: int, items: list[Descriptor], fn: Callable[[Descriptor], None]) -> None:
+    """``fn`` over ``items`` on ``workers`` threads; the first error is raised."""
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for future in [pool.submit(fn, d) for d in items]:
+            future.result()
 
 
 def _read_limited(r: requests.Response, limit: int, where: str) -> bytes:
