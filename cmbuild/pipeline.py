@@ -141,6 +141,9 @@ class Context:
     _docs: dict[str, dict[str, Any]] = field(default_factory=dict)
     _memo: dict[str, Any] = field(default_factory=dict)
     _offers: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+    # layer blob digest -> its uncompressed tar, inflated while the pull stage downloaded it,
+    # for the unpack stage of the same run (in the run's scratch folder, see scratch())
+    inflated: dict[str, Path] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.graph is None:
@@ -182,6 +185,17 @@ class Context:
         if name not in self._memo:
             self._memo[name] = fn()
         return self._memo[name]
+
+    def scratch(self) -> Path:
+        """A folder in the store's tmp for what one stage leaves to a later one in this run,
+        removed when the process ends (or, after a crash, by :meth:`Store.clean_tmp`)."""
+        def make() -> Path:
+            import atexit
+            import tempfile
+            path = Path(tempfile.mkdtemp(prefix="run-", dir=self.store.tmp))
+            atexit.register(shutil.rmtree, path, True)
+            return path
+        return self.memo("scratch", make)
 
     def plans(self, name: str) -> bool:
         """Whether this run may build stage ``name``."""

@@ -17,7 +17,7 @@ import zstandard
 
 from cmbuild.errors import CmbuildError
 from cmbuild.oci import tarutil
-from cmbuild.oci.flatten import FlattenStats, LayerInput, flatten, read_layers
+from cmbuild.oci.flatten import FlattenStats, LayerInflater, LayerInput, flatten, read_layers
 from cmbuild.tarstream import copy_tar, write_tree
 
 from ocihelpers import (D, DEV, F, FIFO, H, OPQ, S, W, Entry, Node, compress, hardlink_groups,
@@ -464,6 +464,31 @@ def test_the_lowest_broken_layer_is_named_though_layers_decompress_side_by_side(
     with pytest.raises(CmbuildError) as err:
         run_flatten(tmp_path, inputs, max_unpacked_size=1 << 20)
     assert "layer 1" in str(err.value) and "truncated gzip" in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 65536])
+def test_layer_inflater_fed_in_pieces(tmp_path: Path, chunk: int) -> None:
+    """The pull's inflater gives the layer's tar for gzip (multi-member too), and nothing for
+    what the unpack stage must decompress and judge itself."""
+    raw = make_layer([F("a", b"x" * 100_000), F("b", os.urandom(5000))])
+    multi = gzip.compress(raw[:30_000]) + gzip.compress(raw[30_000:])
+    cases = {"gzip": (gzip.compress(raw), True, raw), "multi": (multi, True, raw),
+             "zstd": (compress(raw, "zstd"), True, None), "plain": (raw, True, None),
+             "garbage": (gzip.compress(raw) + b"junk", True, None),
+             "truncated": (gzip.compress(raw)[:-9], True, None),
+             "unverified": (gzip.compress(raw), False, None)}
+    for name, (blob, verified, want) in cases.items():
+        inflater = LayerInflater(tmp_path / f"{name}.tar", 1 << 30)
+        for i in range(0, len(blob), chunk):
+            inflater.write(blob[i:i + chunk])
+        inflater.close(verified)
+        got = inflater.result()
+        assert (got.read_bytes() if got else None) == want, name
+        assert (tmp_path / f"{name}.tar").exists() == (want is not None), name
+    small = LayerInflater(tmp_path / "bomb.tar", 1000)
+    small.write(gzip.compress(raw))
+    small.close(True)
+    assert small.result() is None
 
 
 def _entry_fields(e: tarutil.TarEntry) -> tuple[Any, ...]:

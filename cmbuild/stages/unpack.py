@@ -75,7 +75,7 @@ def build(ctx: Context) -> tuple[str, dict[str, Any]]:
     t0 = time.monotonic()
     with ctx.store.tmpdir("unpack-") as scratch, \
             read_layers(layers, scratch=scratch, max_unpacked_size=img.max_unpacked_size,
-                        mtime_clamp=img.mtime_clamp) as flat:
+                        mtime_clamp=img.mtime_clamp, inflated=ctx.inflated) as flat:
         times["layers"] = time.monotonic() - t0
 
         def store_tar(flat: Flattened = flat) -> tuple[str, Any]:
@@ -93,6 +93,9 @@ def build(ctx: Context) -> tuple[str, dict[str, Any]]:
             ctx.offer("squashfs", *drive)
         else:
             digest, stats = _timed(store_tar, times, "tar")()
+    for tar in ctx.inflated.values():   # the pull's inflated layers are not needed any more
+        tar.unlink(missing_ok=True)
+    ctx.inflated.clear()
     times["total"] = time.monotonic() - t0
     _say_times(times)
     return digest, {k: v for k, v in vars(stats).items() if isinstance(v, int)}
