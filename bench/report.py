@@ -157,10 +157,11 @@ def write(res: Any, out: Path) -> None:
         w("From an empty store / empty directory: the image is pulled from a `docker-registry` on "
           "loopback, flattened, and made into an uncompressed squashfs app drive.")
         w("")
-        w("- **cmbuild**: `cmbuild app` = pull, then unpack, which flattens the layers (decompressed "
-          "in parallel) into the canonical tar *and*, from the same tree at the same time, streams the "
-          "app drive into `mksquashfs -tar` (`-processors 1 -mem 64M`); both are stored under their "
-          "own stage keys (the `squashfs` stage then only publishes its output); then config.")
+        w("- **cmbuild**: `cmbuild app` = pull, which inflates each gzip layer while it downloads "
+          "(this run unpacks too); then unpack, which builds the tree from those tars and writes the "
+          "canonical tar *and*, from the same tree at the same time, streams the app drive into "
+          "`mksquashfs -tar` (`-processors 1 -mem 64M`); both are stored under their own stage keys "
+          "(the `squashfs` stage then only publishes its output); then config.")
         w("- **standard tools**: `skopeo copy docker://… oci:DIR` → `umoci raw unpack --rootless` → "
           "`mksquashfs DIR out -noI -noId -noD -noF -noX` (all cores). No runtime config, no lock, "
           "not reproducible, and it writes the image's files onto the host.")
@@ -180,12 +181,13 @@ def write(res: Any, out: Path) -> None:
               f"{fmt(cm)} | {fmt(st)} | {fmt(ratio, '×')} | {med(cm) / raw:.2f} s | {med(st) / raw:.2f} s | "
               f"{fmt([r['rss'] for r in c['cmbuild']], 'MB', 0)} | {fmt([r['rss'] for r in c['standard']], 'MB', 0)} |")
         w("")
-        w("Per step (medians (min–max) over the repetitions). cmbuild's *unpack* is split as the stage "
-          "reports it: reading the layers (decompression on one thread per core, the tree built while "
-          "they decompress), then the canonical tar and the app drive written side by side, each "
-          "ending with its own hash and fsync into the store; *squashfs* only finds its output "
-          "there and publishes it; *rest* is the wall time outside the stages (interpreter, imports, "
-          "the task graph, cartesi.lock).")
+        w("Per step (medians (min–max) over the repetitions). cmbuild's *pull* includes inflating "
+          "the layers as they arrive; *unpack* is split as the stage reports it: reading the layers "
+          "(the tree built from the inflated tars; a layer not inflated by the pull is decompressed "
+          "here, one thread per core), then the canonical tar and the app drive written side by "
+          "side, each ending with its own hash and fsync into the store; *squashfs* only finds its "
+          "output there and publishes it; *rest* is the wall time outside the stages (interpreter, "
+          "imports, the task graph, cartesi.lock).")
         w("")
         w("| image | pull | unpack: layers read | canonical tar ‖ app drive | unpack total | squashfs | config "
           "| rest | · | skopeo copy | umoci raw unpack | mksquashfs |")
@@ -237,8 +239,8 @@ def write(res: Any, out: Path) -> None:
             w("")
         cc = _per_size(res, "config_change")
         if cc:
-            w("After the cold build, a `[machine] env` value changed (a value never built before each "
-              "time), then `cmbuild app`:")
+            w("After the cold build (and a `sync`: other programs' pending writes flushed), a "
+              "`[machine] env` value changed (a value never built before each time), then `cmbuild app`:")
             w("")
             w("| image | wall time | stages run | app drive: same bytes and same inode |")
             w("|---|---|---|---|")
