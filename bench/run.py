@@ -12,7 +12,10 @@ Prints every figure as it is measured and writes ``docs/benchmarks.md`` (plus PN
    layers, a changed ``[machine] env`` value and a new top layer on a large image;
 3./4. cold build (pull + unpack + app drive) from a registry on loopback against ``skopeo copy``
    + ``umoci raw unpack --rootless`` + ``mksquashfs`` (uncompressed), wall time and peak RSS,
-   at several image sizes;
+   at several image sizes; per step (the unpack stage's own account of its parts), against the
+   physical floor (read the layers, inflate them, write the drive), ``mksquashfs`` with other
+   ``-processors``/``-mem`` against the stored drive's bytes, the rebuild after a ``[machine]
+   env`` change, and the same build one stage per process;
 5. inside the machine: the runtime layer per compression (size, build time) and, when
    ``cmbuild run`` works, the time from boot to container start and exit under QEMU (and the
    cycle counts under ``cartesi-machine`` when it is installed).
