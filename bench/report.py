@@ -32,6 +32,14 @@ def _stage_fmt(runs: list[dict[str, Any]], name: str, key: str = "stages") -> st
     return fmt(vals) if vals else "—"
 
 
+def _table(w: Any, intro: str, columns: list[str]) -> None:
+    """A paragraph, then the head of a table with these columns."""
+    w(intro)
+    w("")
+    w("| " + " | ".join(columns) + " |")
+    w("|" + "---|" * len(columns))
+
+
 def _per_size(res: Any, key: str) -> list[tuple[int, Any]]:
     """(image size, figures) of the cold builds that measured ``key`` (one per size)."""
     return [(c["size_mb"], r[key]) for c in res.cold for r in c["cmbuild"] if key in r]
@@ -225,12 +233,10 @@ def write(res: Any, out: Path) -> None:
             w("")
         ms = _per_size(res, "mksquashfs")
         if ms:
-            w("`mksquashfs -tar` on the drive's own stream (one build per size; each variant run "
-              f"{len(next(iter(ms[0][1]['runs'].values())))} times, interleaved): are the bytes those of "
-              "the drive cmbuild stored, and what do processors and `-mem` change?")
-            w("")
-            w("| image | variant | same bytes as the stored drive | time | peak RSS |")
-            w("|---|---|---|---|---|")
+            _table(w, "`mksquashfs -tar` on the drive's own stream (one build per size; each variant run "
+                   f"{len(next(iter(ms[0][1]['runs'].values())))} times, interleaved): are the bytes those "
+                   "of the drive cmbuild stored, and what do processors and `-mem` change?",
+                   ["image", "variant", "same bytes as the stored drive", "time", "peak RSS"])
             for size, m in ms:
                 for label, runs in m["runs"].items():
                     same = sum(x["sha256"] == m["want"] for x in runs)
@@ -239,11 +245,9 @@ def write(res: Any, out: Path) -> None:
             w("")
         cc = _per_size(res, "config_change")
         if cc:
-            w("After the cold build (and a `sync`: other programs' pending writes flushed), a "
-              "`[machine] env` value changed (a value never built before each time), then `cmbuild app`:")
-            w("")
-            w("| image | wall time | stages run | app drive: same bytes and same inode |")
-            w("|---|---|---|---|")
+            _table(w, "After the cold build (and a `sync`: other programs' pending writes flushed), a "
+                   "`[machine] env` value changed (a value never built before each time), then `cmbuild app`:",
+                   ["image", "wall time", "stages run", "app drive: same bytes and same inode"])
             for size, x in cc:
                 runs = x["runs"]
                 w(f"| {size} MB | {fmt([r['wall'] for r in runs])} | {', '.join(runs[-1]['ran'])} | "
@@ -251,13 +255,10 @@ def write(res: Any, out: Path) -> None:
             w("")
         ps = _per_size(res, "per_stage")
         if ps:
-            w("The same cold build one stage per process (`cmbuild pull`, `cmbuild unpack`, ...): here "
-              "`unpack` writes the canonical tar alone, and `squashfs` makes the drive from the stored "
-              "tar, one after the other. Stage time and peak RSS (the largest process, cmbuild or the "
-              "tool it runs):")
-            w("")
-            w("| image | pull | unpack | squashfs | config | sum |")
-            w("|---|---|---|---|---|---|")
+            _table(w, "The same cold build one stage per process (`cmbuild pull`, `cmbuild unpack`, ...): "
+                   "here `unpack` writes the canonical tar alone, and `squashfs` makes the drive from the "
+                   "stored tar, one after the other. Stage time and peak RSS (the largest process, "
+                   "cmbuild or the tool it runs):", ["image", "pull", "unpack", "squashfs", "config", "sum"])
             for size, st in ps:
                 w(f"| {size} MB | " + " | ".join(f"{st[k]['stage']:.1f} s, {st[k]['rss']:.0f} MB" for k in
                                                 ("pull", "unpack", "squashfs", "config"))
