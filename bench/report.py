@@ -32,6 +32,19 @@ def _stage_fmt(runs: list[dict[str, Any]], name: str, key: str = "stages") -> st
     return fmt(vals) if vals else "—"
 
 
+def _table(w: Any, intro: str, columns: list[str]) -> None:
+    """A paragraph, then the head of a table with these columns."""
+    w(intro)
+    w("")
+    w("| " + " | ".join(columns) + " |")
+    w("|" + "---|" * len(columns))
+
+
+def _per_size(res: Any, key: str) -> list[tuple[int, Any]]:
+    """(image size, figures) of the cold builds that measured ``key`` (one per size)."""
+    return [(c["size_mb"], r[key]) for c in res.cold for r in c["cmbuild"] if key in r]
+
+
 def write(res: Any, out: Path) -> None:
     m, a = res.machine, res.args
     notes = ""
@@ -129,7 +142,7 @@ def write(res: Any, out: Path) -> None:
           "Each change starts from the base image and uses a value never built before (a stage "
           "whose new key is already in the store is only *restored*: re-published, not rebuilt).")
         w("")
-        w("| change | stages run | up to date | pull | unpack | config | app | total wall |")
+        w("| change | stages run | up to date | pull | unpack | squashfs | config | total wall |")
         w("|---|---|---|---|---|---|---|---|")
         for case in res.incremental:
             runs = case["runs"]
@@ -152,8 +165,11 @@ def write(res: Any, out: Path) -> None:
         w("From an empty store / empty directory: the image is pulled from a `docker-registry` on "
           "loopback, flattened, and made into an uncompressed squashfs app drive.")
         w("")
-        w("- **cmbuild**: `cmbuild app` = pull + unpack + config + app (`mksquashfs -tar`, one "
-          "processor, for reproducibility).")
+        w("- **cmbuild**: `cmbuild app` = pull, which inflates each gzip layer while it downloads "
+          "(this run unpacks too); then unpack, which builds the tree from those tars and writes the "
+          "canonical tar *and*, from the same tree at the same time, streams the app drive into "
+          "`mksquashfs -tar` (`-processors 1 -mem 64M`); both are stored under their own stage keys "
+          "(the `squashfs` stage then only publishes its output); then config.")
         w("- **standard tools**: `skopeo copy docker://… oci:DIR` → `umoci raw unpack --rootless` → "
           "`mksquashfs DIR out -noI -noId -noD -noF -noX` (all cores). No runtime config, no lock, "
           "not reproducible, and it writes the image's files onto the host.")
@@ -173,47 +189,80 @@ def write(res: Any, out: Path) -> None:
               f"{fmt(cm)} | {fmt(st)} | {fmt(ratio, '×')} | {med(cm) / raw:.2f} s | {med(st) / raw:.2f} s | "
               f"{fmt([r['rss'] for r in c['cmbuild']], 'MB', 0)} | {fmt([r['rss'] for r in c['standard']], 'MB', 0)} |")
         w("")
-        w("Per step (medians, s):")
+        w("Per step (medians (min–max) over the repetitions). cmbuild's *pull* includes inflating "
+          "the layers as they arrive; *unpack* is split as the stage reports it: reading the layers "
+          "(the tree built from the inflated tars; a layer not inflated by the pull is decompressed "
+          "here, one thread per core), then the canonical tar and the app drive written side by "
+          "side, each ending with its own hash and fsync into the store; *squashfs* only finds its "
+          "output there and publishes it; *rest* is the wall time outside the stages (interpreter, "
+          "imports, the task graph, cartesi.lock).")
         w("")
-        w("| image | pull | unpack | config | app | · | skopeo copy | umoci raw unpack | mksquashfs |")
-        w("|---|---|---|---|---|---|---|---|---|")
+        w("| image | pull | unpack: layers read | canonical tar ‖ app drive | unpack total | squashfs | config "
+          "| rest | · | skopeo copy | umoci raw unpack | mksquashfs |")
+        w("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for c in res.cold:
             cmr, sr = c["cmbuild"], c["standard"]
-            w(f"| {c['size_mb']} MB | "
-              + " | ".join(_stage_fmt(cmr, s) for s in ("pull", "unpack", "squashfs", "config"))
-              + " | · | "
+            parts = [r.get("unpack_parts", {}) for r in cmr]
+            rest = [r["wall"] - sum(r["stages"].values()) for r in cmr]
+            side = fmt([p["canonical tar stored"] for p in parts if p]) + " ‖ " + fmt(
+                [p["app drive stored"] for p in parts if "app drive stored" in p])
+            w(f"| {c['size_mb']} MB | {_stage_fmt(cmr, 'pull')} | {fmt([p['layers read'] for p in parts if p])} | "
+              f"{side} | {_stage_fmt(cmr, 'unpack')} | {_stage_fmt(cmr, 'squashfs')} | {_stage_fmt(cmr, 'config')} | "
+              f"{fmt(rest)} | · | "
               + " | ".join(_stage_fmt(sr, s) for s in ("skopeo copy", "umoci raw unpack", "mksquashfs"))
               + " |")
         w("")
-        bd = [(c["size_mb"], r["app_parts"]) for c in res.cold for r in c["cmbuild"] if "app_parts" in r]
-        if bd:
-            w("The `app` stage taken apart (one build per size, on that build's unpack output): writing "
-              "the bundle tar (`pipeline.bundle_tar`, Python, a full copy of the rootfs tar on disk) and "
-              "`mksquashfs -tar` as cmbuild runs it (`-processors 1`), and with all processors:")
+        fl = [(c["size_mb"], r) for c in res.cold for r in c["cmbuild"] if "floor" in r]
+        if fl:
+            w("Where the time goes, against the physical floor (one build per size, on its own files): "
+              "*read the layers* reads the compressed blobs once (page cache, as the pull left them); "
+              "*inflate* decompresses them on one thread with the library cmbuild uses (ISA-L); *write "
+              "the drive* writes a file of the drive's size once into the store's file system "
+              "(page cache, then with fsync). The pull of this build is the floor's network part: "
+              "it reads each blob once from the registry, hashes it and writes it once.")
             w("")
-            w("| image | app stage (in the build) | bundle tar | mksquashfs -tar, 1 processor | "
-              "mksquashfs -tar, all processors | `Store.add_file` of the image |")
-            w("|---|---|---|---|---|---|")
-            for c in res.cold:
-                for r in c["cmbuild"]:
-                    if "app_parts" not in r:
-                        continue
-                    p = r["app_parts"]
-                    w(f"| {c['size_mb']} MB | {r['stages'].get('squashfs', float('nan')):.1f} s | {p['bundle_tar']:.2f} s | "
-                      f"{p['mksquashfs_1cpu']:.2f} s, {p['mksquashfs_1cpu_rss']:.0f} MB RSS | "
-                      f"{p['mksquashfs_allcpu']:.2f} s, {p['mksquashfs_allcpu_rss']:.0f} MB RSS | "
-                      + (f"{p['add_file']:.2f} s |" if "add_file" in p else "— |"))
+            w("| image | cold build | pull | unpack | read the layers | inflate (1 thread) | write the drive "
+              "| write the drive + fsync | standard tools |")
+            w("|---|---|---|---|---|---|---|---|---|")
+            for (size, r), c in zip(fl, res.cold):
+                f = r["floor"]
+                w(f"| {size} MB | {r['wall']:.2f} s | {r['stages'].get('pull', float('nan')):.1f} s | "
+                  f"{r['stages'].get('unpack', float('nan')):.1f} s | {f['read_layers']:.2f} s | "
+                  f"{f['inflate_1_thread']:.2f} s | {f['write_drive']:.2f} s | {f['write_drive_fsync']:.2f} s | "
+                  f"{med([x['wall'] for x in c['standard']]):.2f} s |")
             w("")
-        ps = [(c["size_mb"], r["per_stage"]) for c in res.cold for r in c["cmbuild"] if "per_stage" in r]
+        ms = _per_size(res, "mksquashfs")
+        if ms:
+            _table(w, "`mksquashfs -tar` on the drive's own stream (one build per size; each variant run "
+                   f"{len(next(iter(ms[0][1]['runs'].values())))} times, interleaved): are the bytes those "
+                   "of the drive cmbuild stored, and what do processors and `-mem` change?",
+                   ["image", "variant", "same bytes as the stored drive", "time", "peak RSS"])
+            for size, m in ms:
+                for label, runs in m["runs"].items():
+                    same = sum(x["sha256"] == m["want"] for x in runs)
+                    w(f"| {size} MB | {label} | {same} of {len(runs)} | {fmt([x['wall'] for x in runs])} | "
+                      f"{fmt([x['rss'] for x in runs], 'MB', 0)} |")
+            w("")
+        cc = _per_size(res, "config_change")
+        if cc:
+            _table(w, "After the cold build (and a `sync`: other programs' pending writes flushed), a "
+                   "`[machine] env` value changed (a value never built before each time), then `cmbuild app`:",
+                   ["image", "wall time", "stages run", "app drive: same bytes and same inode"])
+            for size, x in cc:
+                runs = x["runs"]
+                w(f"| {size} MB | {fmt([r['wall'] for r in runs])} | {', '.join(runs[-1]['ran'])} | "
+                  f"{sum(r['same_drive'] for r in runs)} of {len(runs)} |")
+            w("")
+        ps = _per_size(res, "per_stage")
         if ps:
-            w("Peak RSS of each cmbuild stage on its own (the same cold build run as `cmbuild pull`, "
-              "`cmbuild unpack`, ... one process each; the largest process, cmbuild or the tool it runs):")
-            w("")
-            w("| image | pull | unpack | config | app |")
-            w("|---|---|---|---|---|")
+            _table(w, "The same cold build one stage per process (`cmbuild pull`, `cmbuild unpack`, ...): "
+                   "here `unpack` writes the canonical tar alone, and `squashfs` makes the drive from the "
+                   "stored tar, one after the other. Stage time and peak RSS (the largest process, "
+                   "cmbuild or the tool it runs):", ["image", "pull", "unpack", "squashfs", "config", "sum"])
             for size, st in ps:
                 w(f"| {size} MB | " + " | ".join(f"{st[k]['stage']:.1f} s, {st[k]['rss']:.0f} MB" for k in
-                                                ("pull", "unpack", "squashfs", "config")) + " |")
+                                                ("pull", "unpack", "squashfs", "config"))
+                  + f" | {sum(st[k]['wall'] for k in st):.2f} s wall |")
             w("")
         w("Peak RSS per standard step (medians): " + "; ".join(
             f"{c['size_mb']} MB: " + ", ".join(

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 
 _count = 0
+_lock = threading.Lock()   # stages write from several threads (unpack: the tar and the drive)
 stage = "-"   # the stage being built (set by the pipeline), named in the log
 
 
@@ -21,9 +23,10 @@ def checkpoint(label: str) -> None:
     log = os.environ.get("CMBUILD_CRASH_LOG")
     if not target and not log:
         return
-    _count += 1
-    if log:
-        with open(log, "a") as f:
-            f.write(f"{_count} {stage} {label}\n")
-    if target and _count == int(target):
-        os.kill(os.getpid(), signal.SIGKILL)
+    with _lock:
+        _count += 1
+        if log:
+            with open(log, "a") as f:
+                f.write(f"{_count} {stage} {label}\n")
+        if target and _count == int(target):
+            os.kill(os.getpid(), signal.SIGKILL)

@@ -136,9 +136,14 @@ class Context:
     allow_unpinned: bool = False
     progress: bool = True
     graph: Graph = field(default=None)  # type: ignore[assignment]  # made from the project
+    planned: frozenset[str] | None = None   # the stages this run may build (None: any of them)
     _keys: dict[str, str] = field(default_factory=dict)
     _docs: dict[str, dict[str, Any]] = field(default_factory=dict)
     _memo: dict[str, Any] = field(default_factory=dict)
+    _offers: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+    # layer blob digest -> its uncompressed tar, inflated while the pull stage downloaded it,
+    # for the unpack stage of the same run (in the run's scratch folder, see scratch())
+    inflated: dict[str, Path] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.graph is None:
@@ -181,6 +186,28 @@ class Context:
             self._memo[name] = fn()
         return self._memo[name]
 
+    def scratch(self) -> Path:
+        """A folder in the store's tmp for what one stage leaves to a later one in this run,
+        removed when the process ends (or, after a crash, by :meth:`Store.clean_tmp`)."""
+        def make() -> Path:
+            import atexit
+            import tempfile
+            path = Path(tempfile.mkdtemp(prefix="run-", dir=self.store.tmp))
+            atexit.register(shutil.rmtree, path, True)
+            return path
+        return self.memo("scratch", make)
+
+    def plans(self, name: str) -> bool:
+        """Whether this run may build stage ``name``."""
+        return self.planned is None or name in self.planned
+
+    def offer(self, name: str, digest: str, meta: dict[str, Any]) -> None:
+        """Called by a stage's build that made the output of stage ``name`` on the way (a
+        store object, ``digest``), because it had everything at hand: once the running stage
+        is stored, that output is recorded under ``name``'s own key (which may depend on the
+        running stage's output), unless that key has an output already."""
+        self._offers.append((name, digest, meta))
+
     # ----- running -------------------------------------------------------------------------
     def ensure(self, name: str) -> KeyRecord:
         """Build a stage unless its key already has an output (holding the key's lock)."""
@@ -189,17 +216,37 @@ class Context:
             if self.record(dep) is None:
                 raise NotBuilt(dep)
         key = self.key(name)
+        from . import faults
         with self.store.key_lock(key):
             rec = self.store.get_key(key)
             if rec is not None:
                 return rec
-            from . import faults
             faults.stage = name
             try:
+                self._offers.clear()
                 digest, meta = stage.build(self)
-                return self.store.put_key(key, name, digest, meta)
+                rec = self.store.put_key(key, name, digest, meta)
             finally:
                 faults.stage = "-"
+        self._record_offers()
+        return rec
+
+    def _record_offers(self) -> None:
+        """Record the outputs offered by the stage just stored (see :meth:`offer`)."""
+        from . import faults
+        offers, self._offers = list(self._offers), []
+        for name, digest, meta in offers:
+            try:
+                key = self.key(name)
+            except NotBuilt:
+                continue   # its other inputs are missing: the object waits in the store
+            with self.store.key_lock(key):
+                if self.store.get_key(key) is None:
+                    faults.stage = name
+                    try:
+                        self.store.put_key(key, name, digest, meta)
+                    finally:
+                        faults.stage = "-"
 
     @property
     def backend(self) -> str:

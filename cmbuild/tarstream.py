@@ -4,11 +4,15 @@ or group names, fixed times, PAX format."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import tarfile
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, Callable, Iterable, Iterator
+
+if TYPE_CHECKING:
+    from .oci.tarutil import TarEntry
 
 from .errors import CmbuildError
 
@@ -39,9 +43,23 @@ def _file_info(name: str, size: int, mode: int = 0o644) -> tarfile.TarInfo:
     return ti
 
 
-def _missing_dirs(fd: int, size: int, wanted: list[str]) -> list[bytes]:
+Entries = Callable[[], Iterable[tuple["TarEntry", int]]]
+"""A way to list the entries of a canonical tar, in its order, each with the file descriptor
+its data is read from (at ``entry.offset``): a stored tar read back
+(:func:`tar_entries`), or the flattener's tree (:meth:`cmbuild.oci.flatten.Flattened.entries`).
+Called once per pass over the entries."""
+
+
+def _entry_name(e: "TarEntry") -> bytes:
+    name = e.name
+    while name.startswith(b"./"):
+        name = name[2:]
+    return name
+
+
+def missing_dirs_of(entries: Iterable[tuple["TarEntry", int]], wanted: list[str]) -> list[bytes]:
     """The directories of ``wanted`` (absolute paths in the tree) and their parents that the
-    canonical tar does not hold, in canonical order. Reads headers only."""
+    entries of a canonical tar do not hold, in canonical order. Reads headers only."""
     from .oci import tarutil
 
     need: set[bytes] = set()
@@ -53,11 +71,8 @@ def _missing_dirs(fd: int, size: int, wanted: list[str]) -> list[bytes]:
             need.add(b"/".join(parts[:i]))
     if not need:
         return []
-    for e in tarutil.iter_tar(fd, size):
-        name = e.name
-        while name.startswith(b"./"):
-            name = name[2:]
-        name = name.rstrip(b"/")
+    for e, _fd in entries:
+        name = _entry_name(e).rstrip(b"/")
         # anything there (a directory, or a symlink that the runtime resolves) is left alone,
         # and so is everything below it
         for n in [n for n in need if n == name or n.startswith(name + b"/")]:
@@ -66,13 +81,23 @@ def _missing_dirs(fd: int, size: int, wanted: list[str]) -> list[bytes]:
     return sorted(need, key=lambda n: n.split(b"/"))
 
 
-def missing_dirs(src: Path, wanted: list[str]) -> list[bytes]:
-    """The directories of ``wanted`` (and their parents) that the canonical tar ``src`` lacks."""
+@contextlib.contextmanager
+def tar_entries(src: Path) -> Iterator[Entries]:
+    """The entries of the tar file ``src`` (open while the context lasts)."""
+    from .oci import tarutil
+
     fd = os.open(src, os.O_RDONLY)
     try:
-        return _missing_dirs(fd, os.fstat(fd).st_size, wanted)
+        size = os.fstat(fd).st_size
+        yield lambda: ((e, fd) for e in tarutil.iter_tar(fd, size))
     finally:
         os.close(fd)
+
+
+def missing_dirs(src: Path, wanted: list[str]) -> list[bytes]:
+    """The directories of ``wanted`` (and their parents) that the canonical tar ``src`` lacks."""
+    with tar_entries(src) as entries:
+        return missing_dirs_of(entries(), wanted)
 
 
 ALIGN = 8
@@ -85,11 +110,19 @@ def data_aligned_last(is_file: bool, size: int) -> bool:
 
 def copy_tar(src: Path, out: BinaryIO, *, mount_points: list[str] = (), prefix: str = "",
              extra_files: dict[str, bytes] | None = None, aligned: bool = False) -> None:
-    """Copy the canonical tar ``src`` to ``out``, adding the directories of ``mount_points``
-    (absolute paths in the tree) that it lacks as empty directories (mode 755, root, time 0)
-    in their canonical place, so that a runtime can mount on them even when the tree is
-    read-only. With ``prefix``, every entry goes under ``prefix/`` and ``extra_files`` go at
-    the top beside it.
+    """Copy the canonical tar ``src`` to ``out`` as :func:`write_tree` does."""
+    with tar_entries(src) as entries:
+        write_tree(entries, out, mount_points=mount_points, prefix=prefix,
+                   extra_files=extra_files, aligned=aligned)
+
+
+def write_tree(entries: Entries, out: BinaryIO, *, mount_points: list[str] = (), prefix: str = "",
+               extra_files: dict[str, bytes] | None = None, aligned: bool = False) -> list[bytes]:
+    """Write the entries of a canonical tar to ``out``, adding the directories of
+    ``mount_points`` (absolute paths in the tree) that it lacks as empty directories (mode
+    755, root, time 0) in their canonical place, so that a runtime can mount on them even
+    when the tree is read-only; returns those directories. With ``prefix``, every entry goes
+    under ``prefix/`` and ``extra_files`` go at the top beside it.
 
     ``aligned``: for an uncompressed squashfs, which lays file data out back to back in the
     order of the tar. Every file whose size is a multiple of 8 bytes comes first (directories,
@@ -119,52 +152,43 @@ def copy_tar(src: Path, out: BinaryIO, *, mount_points: list[str] = (), prefix: 
     def add_dir(name: bytes) -> None:
         w.header(tarutil.build_header(join(name), tarutil.DIR, 0o755, 0, 0, 0, 0))
 
+    def put(name: bytes, e: tarutil.TarEntry, fd: int) -> None:
+        link = e.linkname
+        if e.type == tarutil.LNK:
+            while link.startswith(b"./"):
+                link = link[2:]
+            link = join(link.lstrip(b"/"))
+        tarutil.write_entry(w, e, fd, join(name), link)
+
     for name in before:
         add_file(name)
     if pfx:
         w.header(tarutil.build_header(pfx, tarutil.DIR, 0o755, 0, 0, 0, 0))
-    fd = os.open(src, os.O_RDONLY)
-    try:
-        size = os.fstat(fd).st_size
-        missing = _missing_dirs(fd, size, list(mount_points))
-        later: list[tuple[bytes, tarutil.TarEntry]] = []
-        links: list[tuple[bytes, tarutil.TarEntry]] = []
-
-        def put(name: bytes, e: tarutil.TarEntry) -> None:
-            link = e.linkname
-            if e.type == tarutil.LNK:
-                while link.startswith(b"./"):
-                    link = link[2:]
-                link = join(link.lstrip(b"/"))
-            w.header(tarutil.build_header(join(name), e.type, e.mode, e.uid, e.gid, e.size,
-                                          e.mtime, link, e.devmajor, e.devminor, e.xattrs))
-            if e.size and e.type not in tarutil.HEADER_ONLY:
-                w.data_from(fd, e.offset, e.size)
-
-        for e in tarutil.iter_tar(fd, size):
-            name = e.name
-            while name.startswith(b"./"):
-                name = name[2:]
-            if name in (b"", b".", b"./"):
-                continue
-            key = name.rstrip(b"/").split(b"/")
-            while missing and missing[0].split(b"/") < key:
-                add_dir(missing.pop(0))
-            if aligned and e.type == tarutil.LNK:
-                links.append((name, e))
-            elif aligned and data_aligned_last(e.type not in tarutil.HEADER_ONLY, e.size):
-                later.append((name, e))
-            else:
-                put(name, e)
-        for name in missing:
-            add_dir(name)
-        for name, e in later + links:
-            put(name, e)
-    finally:
-        os.close(fd)
+    added = missing_dirs_of(entries(), list(mount_points))
+    missing = list(added)
+    later: list[tuple[bytes, tarutil.TarEntry, int]] = []
+    links: list[tuple[bytes, tarutil.TarEntry, int]] = []
+    for e, fd in entries():
+        name = _entry_name(e)
+        if name in (b"", b".", b"./"):
+            continue
+        key = name.rstrip(b"/").split(b"/")
+        while missing and missing[0].split(b"/") < key:
+            add_dir(missing.pop(0))
+        if aligned and e.type == tarutil.LNK:
+            links.append((name, e, fd))
+        elif aligned and data_aligned_last(e.type not in tarutil.HEADER_ONLY, e.size):
+            later.append((name, e, fd))
+        else:
+            put(name, e, fd)
+    for name in missing:
+        add_dir(name)
+    for name, e, fd in later + links:
+        put(name, e, fd)
     for name in after:
         add_file(name)
     w.finish()
+    return added
 
 
 def directory_tar(root: Path, out: BinaryIO) -> None:

@@ -409,6 +409,20 @@ def _default_tasks(argv: list[str]) -> list[str]:
     return [DEFAULT_TASK]
 
 
+def planned_stages(tasks: list[dict[str, Any]], argv: list[str]) -> frozenset[str]:
+    """The tasks that the doit command line ``argv`` names (else its default ones) and every
+    task they depend on: the stages this run may build."""
+    deps = {t["name"]: t.get("task_dep", []) for t in tasks}
+    todo = [a for a in argv if a in deps] or _default_tasks(argv)
+    seen: set[str] = set()
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo.extend(deps.get(name, []))
+    return frozenset(seen)
+
+
 def make_namespace(cfg: str | os.PathLike[str] | None = None, argv: list[str] | None = None,
                    allow_unpinned: bool = False, run: RunRequest | None = None) -> dict[str, Any]:
     """The namespace of a dodo file: ``DOIT_CONFIG`` and ``task_*`` generators."""
@@ -426,6 +440,7 @@ def make_namespace(cfg: str | os.PathLike[str] | None = None, argv: list[str] | 
               f"snapshot and run need it ({INSTALL_HINT}), or set backend = \"qemu\" to run under QEMU",
               file=sys.stderr)
     tasks = make_tasks(ctx, path, run)
+    ctx.planned = planned_stages(tasks, sys.argv[1:] if argv is None else argv)
     # doit's own state lives in the store, one database per project folder (projects may share
     # a store); sqlite3 because two builds of one project may finish at the same moment.
     import hashlib

@@ -16,7 +16,9 @@ import pytest
 import zstandard
 
 from cmbuild.errors import CmbuildError
-from cmbuild.oci.flatten import FlattenStats, LayerInput, flatten
+from cmbuild.oci import tarutil
+from cmbuild.oci.flatten import FlattenStats, LayerInflater, LayerInput, flatten, read_layers
+from cmbuild.tarstream import copy_tar, write_tree
 
 from ocihelpers import (D, DEV, F, FIFO, H, OPQ, S, W, Entry, Node, compress, hardlink_groups,
                         have, make_layer, read_dir_tree, read_tar_tree, sha256, squashfs_tar,
@@ -449,6 +451,81 @@ def test_hostile_refused(tmp_path: Path, name: str, source: Any, limit: int,
     for word in words:
         assert word in text, text
     assert _files_outside(tmp_path, {"scratch0"}) == before | {"scratch0"}
+
+
+def test_the_lowest_broken_layer_is_named_though_layers_decompress_side_by_side(tmp_path: Path) -> None:
+    """Layers decompress in parallel, but errors are reported in layer order: a corrupt layer 1
+    is named even when layer 2 (a bomb) fails first or at the same time."""
+    good = write_layers(tmp_path, [[F("a", b"a")]])
+    (tmp_path / "bad1").write_bytes(_gz_truncated(tmp_path))
+    (tmp_path / "bad2").write_bytes(_bomb(tmp_path))
+    inputs = good + [LayerInput(tmp_path / "bad1", sha256((tmp_path / "bad1").read_bytes())),
+                     LayerInput(tmp_path / "bad2", sha256((tmp_path / "bad2").read_bytes()))]
+    with pytest.raises(CmbuildError) as err:
+        run_flatten(tmp_path, inputs, max_unpacked_size=1 << 20)
+    assert "layer 1" in str(err.value) and "truncated gzip" in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 65536])
+def test_layer_inflater_fed_in_pieces(tmp_path: Path, chunk: int) -> None:
+    """The pull's inflater gives the layer's tar for gzip (multi-member too), and nothing for
+    what the unpack stage must decompress and judge itself."""
+    raw = make_layer([F("a", b"x" * 100_000), F("b", os.urandom(5000))])
+    multi = gzip.compress(raw[:30_000]) + gzip.compress(raw[30_000:])
+    cases = {"gzip": (gzip.compress(raw), True, raw), "multi": (multi, True, raw),
+             "zstd": (compress(raw, "zstd"), True, None), "plain": (raw, True, None),
+             "garbage": (gzip.compress(raw) + b"junk", True, None),
+             "truncated": (gzip.compress(raw)[:-9], True, None),
+             "unverified": (gzip.compress(raw), False, None)}
+    for name, (blob, verified, want) in cases.items():
+        inflater = LayerInflater(tmp_path / f"{name}.tar", 1 << 30)
+        for i in range(0, len(blob), chunk):
+            inflater.write(blob[i:i + chunk])
+        inflater.close(verified)
+        got = inflater.result()
+        assert (got.read_bytes() if got else None) == want, name
+        assert (tmp_path / f"{name}.tar").exists() == (want is not None), name
+    small = LayerInflater(tmp_path / "bomb.tar", 1000)
+    small.write(gzip.compress(raw))
+    small.close(True)
+    assert small.result() is None
+
+
+def _entry_fields(e: tarutil.TarEntry) -> tuple[Any, ...]:
+    return (e.name, e.type, e.mode, e.uid, e.gid, e.mtime, e.size, e.linkname, e.devmajor,
+            e.devminor, sorted(e.xattrs.items()))
+
+
+TREE_CASES = [h[:2] for h in HISTORIES] + [
+    ("mixed_sizes_links_and_mount_points",
+     [[D("etc"), F("etc/passwd", b"x" * 16), F("etc/odd", b"y" * 13), F("bin/big", b"z" * 200_000),
+       H("bin/big2", "bin/big"), S("proc", "/nowhere"), DEV("dev/null", 1, 3)],
+      [F("etc/odd", b"w" * 7), F("sys", b"not a directory")]]),
+]
+
+
+@pytest.mark.parametrize("name,layers", TREE_CASES, ids=[c[0] for c in TREE_CASES])
+def test_tree_entries_are_the_canonical_tar_and_give_the_same_drive_stream(
+        tmp_path: Path, name: str, layers: list[list[Entry]]) -> None:
+    """What the unpack stage streams into the app drive from its tree is, byte for byte, what
+    the squashfs stage streams from the stored canonical tar (copy_tar)."""
+    inputs = write_layers(tmp_path, layers)
+    canonical, _ = run_flatten(tmp_path, inputs)
+    (tmp_path / "canonical.tar").write_bytes(canonical)
+    mounts = ["/proc", "/dev", "/sys", "/data/volume", "/etc"]
+    (tmp_path / "scratch-tree").mkdir()
+    with read_layers(inputs, scratch=tmp_path / "scratch-tree") as flat:
+        fd = os.open(tmp_path / "canonical.tar", os.O_RDONLY)
+        try:
+            stored = [_entry_fields(e) for e in tarutil.iter_tar(fd, len(canonical))]
+        finally:
+            os.close(fd)
+        assert [_entry_fields(e) for e, _fd in flat.entries()] == stored
+        for aligned in (True, False):
+            from_tree, from_tar = io.BytesIO(), io.BytesIO()
+            write_tree(flat.entries, from_tree, mount_points=mounts, aligned=aligned)
+            copy_tar(tmp_path / "canonical.tar", from_tar, mount_points=mounts, aligned=aligned)
+            assert from_tree.getvalue() == from_tar.getvalue()
 
 
 # --------------------------------------------------------------------------------------------

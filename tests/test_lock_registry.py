@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from test_pipeline import EXAMPLE, cmbuild, ran
+from test_pipeline import EXAMPLE, cmbuild, make_project, ran
 
 TEMPLATE = """# my app
 [image]
@@ -46,6 +46,13 @@ def test_lock_pins_only_the_digest_line_then_builds(pull_registry, tmp_path: Pat
     assert ran(cmbuild(proj, "app")) == set()
     lock = json.loads((proj / "cartesi.lock").read_text())
     assert lock["image"]["manifest"] == manifest
+    assert list((proj / "cache" / "tmp").iterdir()) == []   # the layers inflated on the way are gone
+    # the layers inflated while they downloaded give the drive that the layout gives
+    local = make_project(tmp_path / "local", env='GREETING = "from the registry"')
+    cmbuild(local, "app")
+    assert ((local / ".cartesi" / "app.sqfs").read_bytes() == (proj / ".cartesi" / "app.sqfs").read_bytes())
+    local_lock = json.loads((local / "cartesi.lock").read_text())
+    assert local_lock["stages"]["unpack"]["output"] == lock["stages"]["unpack"]["output"]
 
 
 def test_unpinned_build_needs_the_flag_and_says_which_digest(pull_registry, tmp_path: Path) -> None:

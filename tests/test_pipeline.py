@@ -99,6 +99,26 @@ def test_second_build_runs_nothing_and_env_change_reruns_only_dependents(tmp_pat
     assert "changed since cartesi.lock: options.env.GREETING" in info.stdout
 
 
+def test_cold_app_makes_the_drive_while_unpacking_and_stage_by_stage_gives_the_same_bytes(tmp_path: Path) -> None:
+    """`cmbuild app` on an empty store makes the app drive from the unpack stage's tree while
+    it writes the canonical tar, and records it under the squashfs stage's own key; `cmbuild
+    unpack` alone does not, and the squashfs stage then makes the same drive from the stored
+    tar."""
+    together = make_project(tmp_path / "together")
+    p = cmbuild(together, "app")
+    assert "app drive stored beside it" in p.stderr
+    assert re.search(r"^cmbuild: squashfs: restored ", p.stderr, re.M), p.stderr
+    apart = make_project(tmp_path / "apart")
+    for stage in ("pull", "unpack"):
+        q = cmbuild(apart, stage)
+    assert "app drive stored beside it" not in q.stderr
+    q = cmbuild(apart, "squashfs")
+    assert re.search(r"^cmbuild: squashfs: built ", q.stderr, re.M), q.stderr
+    cmbuild(apart, "config")
+    assert lock(apart)["stages"] == lock(together)["stages"]
+    assert (apart / ".cartesi" / "app.sqfs").read_bytes() == (together / ".cartesi" / "app.sqfs").read_bytes()
+
+
 def _read_config(proj: Path) -> bytes:
     return (proj / ".cartesi" / "config.json").read_bytes()
 

@@ -6,11 +6,13 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 
 from cmbuild.errors import CmbuildError
+from cmbuild.oci.flatten import LayerInflater
+from cmbuild.oci.image import Descriptor
 from cmbuild.oci.pull import pull
 from cmbuild.store import Store
 
@@ -139,3 +141,42 @@ def test_redirect_to_another_host_drops_authorization(
     assert len(blobs.log) == 1 and blobs.log[0].path.endswith(layer.digest)
     assert "Authorization" not in blobs.log[0].headers
     assert sha(layer.blob) == layer.digest
+
+
+def _inflaters(tmp: Path) -> tuple[dict[str, LayerInflater], Callable[[Descriptor], LayerInflater]]:
+    made: dict[str, LayerInflater] = {}
+
+    def sink(desc: Descriptor) -> LayerInflater:
+        made[desc.digest] = LayerInflater(tmp / f"{desc.digest[7:]}.tar", 1 << 30)
+        return made[desc.digest]
+    return made, sink
+
+
+def test_layers_are_inflated_while_downloaded_across_a_resumed_download(
+        pull_registry: Registry, proxy: FaultProxy, tmp_path: Path, store: Store) -> None:
+    """What the unpack stage gets from the pull (a cold `cmbuild app` inflates the layers as
+    they download): each layer's uncompressed tar, whose sha256 is its diff_id, even when
+    the download broke and was resumed with Range."""
+    image = pushed(pull_registry, tmp_path, "faults/inflate")
+    proxy.faults.append(Fault(f"/blobs/{image.layers[0].digest}", "cut", after=100_000))
+    made, sink = _inflaters(tmp_path)
+    pull(store, ref=f"{proxy.host}/faults/inflate:1", digest=image.digest, path=None,
+         progress=False, sink=sink)
+    assert len(proxy.requests_for(f"/blobs/{image.layers[0].digest}")) == 2
+    assert set(made) == {layer.digest for layer in image.layers}
+    for layer in image.layers:
+        tar = made[layer.digest].result()
+        assert tar is not None and sha(tar.read_bytes()) == layer.diff_id
+
+
+def test_a_corrupt_blob_leaves_no_inflated_tar(pull_registry: Registry, proxy: FaultProxy,
+                                               tmp_path: Path, store: Store) -> None:
+    image = pushed(pull_registry, tmp_path, "faults/inflate-corrupt")
+    layer = image.layers[0]
+    proxy.faults.append(Fault(f"/blobs/{layer.digest}", "corrupt"))
+    made, sink = _inflaters(tmp_path)
+    with pytest.raises(CmbuildError, match="does not match its digest"):
+        pull(store, ref=f"{proxy.host}/faults/inflate-corrupt:1", digest=image.digest, path=None,
+             progress=False, sink=sink)
+    assert made[layer.digest].result() is None
+    assert not (tmp_path / f"{layer.digest[7:]}.tar").exists()

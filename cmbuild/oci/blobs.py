@@ -3,11 +3,27 @@ does not match its digest is refused with nothing stored."""
 
 from __future__ import annotations
 
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Protocol
 
 from ..errors import CmbuildError
 from ..store import CHUNK, Store, sha256_bytes
-from .image import MAX_DOCUMENT
+from .image import MAX_DOCUMENT, Descriptor
+
+
+class BlobSink(Protocol):
+    """Something that sees a blob's bytes, in order, while they go into the store (the unpack
+    stage's inflater, see :class:`cmbuild.oci.flatten.LayerInflater`)."""
+
+    def write(self, data: bytes) -> None:
+        ...
+
+    def close(self, verified: bool) -> None:
+        """The blob ended: stored and verified, or not."""
+        ...
+
+
+SinkFor = Callable[[Descriptor], "BlobSink | None"]
+"""The sink of a layer, if it has one."""
 
 
 def verify_bytes(data: bytes, digest: str, size: int | None, where: str) -> None:

@@ -14,7 +14,7 @@ from typing import BinaryIO, Iterator, Protocol
 
 from ..errors import CmbuildError
 from ..store import Store, check_digest
-from .blobs import copy_verified, read_bounded, verify_bytes
+from .blobs import SinkFor, copy_verified, read_bounded, verify_bytes
 from .image import CONTAINERD_NAME, REF_NAME, Descriptor, index_descriptors, parse_json
 from .reference import parse_reference
 
@@ -131,7 +131,10 @@ class LayoutSource:
         verify_bytes(data, desc.digest, desc.size if desc.size >= 0 else None, where)
         return data
 
-    def fetch_blobs(self, store: Store, descs: list[Descriptor], progress: bool) -> None:
+    def fetch_blobs(self, store: Store, descs: list[Descriptor], progress: bool,
+                    sink: SinkFor | None = None) -> None:
+        # ``sink`` is not used: a local copy is quick, and the unpack stage decompresses
+        # the layers side by side
         for d in descs:
             if store.has(d.digest):
                 continue

@@ -13,7 +13,7 @@ from typing import Protocol
 
 from ..errors import CmbuildError
 from ..store import Store, check_digest
-from .blobs import store_document
+from .blobs import SinkFor, store_document
 from .dockersave import TarFiles, is_oci_tar, pull_legacy
 from .image import (Descriptor, Platform, check_config, document_kind, image_record,
                     index_descriptors, parse_json, parse_manifest, parse_platform,
@@ -36,8 +36,10 @@ class ImageSource(Protocol):
         """The verified bytes of a manifest, index or config."""
         ...
 
-    def fetch_blobs(self, store: Store, descs: list[Descriptor], progress: bool) -> None:
-        """Store the layers the store lacks, verified."""
+    def fetch_blobs(self, store: Store, descs: list[Descriptor], progress: bool,
+                    sink: SinkFor | None = None) -> None:
+        """Store the layers the store lacks, verified (a source may show each one's bytes to
+        ``sink(desc)`` on the way)."""
         ...
 
 
@@ -58,8 +60,9 @@ class RegistrySource:
             return data
         return self.client.get_blob_bytes(self.ref.repository, desc)
 
-    def fetch_blobs(self, store: Store, descs: list[Descriptor], progress: bool) -> None:
-        self.client.fetch_blobs(store, self.ref.repository, descs, progress)
+    def fetch_blobs(self, store: Store, descs: list[Descriptor], progress: bool,
+                    sink: SinkFor | None = None) -> None:
+        self.client.fetch_blobs(store, self.ref.repository, descs, progress, sink=sink)
 
 
 def _document(store: Store, source: ImageSource, desc: Descriptor) -> bytes:
@@ -70,8 +73,8 @@ def _document(store: Store, source: ImageSource, desc: Descriptor) -> bytes:
     return source.document(desc)
 
 
-def resolve_image(store: Store, source: ImageSource, want: Platform,
-                  progress: bool) -> tuple[str | None, str, str, list[Descriptor], list[str], str]:
+def resolve_image(store: Store, source: ImageSource, want: Platform, progress: bool,
+                  sink: SinkFor | None = None) -> tuple[str | None, str, str, list[Descriptor], list[str], str]:
     """Walk index -> manifest -> config -> layers, storing each. Returns (index digest or
     None, manifest digest, config digest, layers, diff_ids, top digest)."""
     pinned = getattr(source, "pinned", None)
@@ -99,7 +102,7 @@ def resolve_image(store: Store, source: ImageSource, want: Platform,
     diff_ids = check_config(parse_json(config_bytes, config_where), want,
                             len(manifest.layers), config_where)
     store_document(store, config_bytes, manifest.config.digest, config_where)
-    source.fetch_blobs(store, manifest.layers, progress)
+    source.fetch_blobs(store, manifest.layers, progress, sink)
     return index_digest, digest, manifest.config.digest, manifest.layers, diff_ids, top_digest
 
 
@@ -136,7 +139,7 @@ def _pull_path(store: Store, path: Path, ref: str | None, digest: str | None,
 
 def pull(store: Store, *, ref: str | None, digest: str | None, path: Path | None,
          platform: str = "linux/riscv64", insecure: bool = False,
-         allow_unpinned: bool = False, progress: bool = True) -> str:
+         allow_unpinned: bool = False, progress: bool = True, sink: SinkFor | None = None) -> str:
     """Fetch an image into the store and return the digest of its image record::
 
         {"schemaVersion": 1, "platform": ..., "index": digest | None, "manifest": digest,
@@ -148,7 +151,8 @@ def pull(store: Store, *, ref: str | None, digest: str | None, path: Path | None
     legacy ``RepoTags`` entry) and ``digest`` by digest (for a legacy docker save tarball:
     the image ID, i.e. the config digest). Otherwise ``ref`` names a registry image;
     ``digest`` pins it (an index or manifest digest). A ref without a digest is refused
-    unless ``allow_unpinned``; then the digest used is said on stderr.
+    unless ``allow_unpinned``; then the digest used is said on stderr. ``sink``: see
+    :meth:`ImageSource.fetch_blobs` (a registry shows it the layers it downloads).
     """
     want = parse_platform(platform)
     if digest is not None:
@@ -170,7 +174,7 @@ def pull(store: Store, *, ref: str | None, digest: str | None, path: Path | None
                                 "unpinned images")
     pinned = Reference(parsed.registry, parsed.repository, parsed.tag, digest)
     source = RegistrySource(RegistryClient(parsed.registry, insecure), pinned)
-    index, manifest, config, layers, diff_ids, top = resolve_image(store, source, want, progress)
+    index, manifest, config, layers, diff_ids, top = resolve_image(store, source, want, progress, sink)
     if digest is None:
         print(f"cmbuild: warning: {parsed} is not pinned; using {top}", file=sys.stderr)
     source_ref = str(Reference(parsed.registry, parsed.repository, parsed.tag, None)) \

@@ -26,6 +26,7 @@ import urllib3
 from ..errors import CmbuildError
 from ..store import CHUNK, Store, sha256_bytes
 from .auth import Authenticator
+from .blobs import BlobSink, SinkFor
 from .image import MANIFEST_ACCEPT, MAX_DOCUMENT, Descriptor
 from .reference import is_loopback
 
@@ -196,9 +197,20 @@ class RegistryClient:
 
     # ----- blobs -----------------------------------------------------------------------
     def fetch_blob(self, store: Store, repository: str, desc: Descriptor,
-                   progress: Callable[[int], None] | None = None) -> None:
+                   progress: Callable[[int], None] | None = None, sink: BlobSink | None = None) -> None:
         """Stream a blob into the store, verifying its sha256 and size; resume a broken
-        download with ``Range``. On a mismatch nothing is stored."""
+        download with ``Range``. On a mismatch nothing is stored. ``sink`` sees every byte
+        once, in order, and then whether the blob was stored verified."""
+        verified = False
+        try:
+            self._fetch_blob(store, repository, desc, progress, sink)
+            verified = True
+        finally:
+            if sink is not None:
+                sink.close(verified)
+
+    def _fetch_blob(self, store: Store, repository: str, desc: Descriptor,
+                    progress: Callable[[int], None] | None, sink: BlobSink | None) -> None:
         url = f"{self.base}/v2/{repository}/blobs/{desc.digest}"
         breaks = 0
         with store.writer() as w:
@@ -223,6 +235,8 @@ class RegistryClient:
                             if not chunk:
                                 continue
                             w.write(chunk)
+                            if sink is not None:
+                                sink.write(chunk)
                             if w.size > desc.size:
                                 raise CmbuildError(f"blob {desc.digest} is longer than the "
                                                    f"{desc.size} bytes its descriptor says",
@@ -245,26 +259,37 @@ class RegistryClient:
                                    hint="the registry or a proxy altered it; nothing was stored")
 
     def fetch_blobs(self, store: Store, repository: str, descs: list[Descriptor],
-                    progress: bool = True, workers: int = 4) -> None:
+                    progress: bool = True, workers: int = 4, sink: SinkFor | None = None) -> None:
         """Fetch the blobs the store lacks, in parallel, with a progress display on stderr
-        (only when stderr is a terminal and ``progress`` is true)."""
+        (only when stderr is a terminal and ``progress`` is true); ``sink(desc)`` may give a
+        blob a sink (:meth:`fetch_blob`)."""
+        sink_for: SinkFor = sink or (lambda d: None)
         todo = list({d.digest: d for d in descs if not store.has(d.digest)}.values())
         if not todo:
             return
-        show = progress and sys.stderr.isatty()
+        workers = max(1, min(workers, len(todo)))
+        if not (progress and sys.stderr.isatty()):
+            _each(workers, todo, lambda d: self.fetch_blob(store, repository, d, sink=sink_for(d)))
+            return
         from rich.console import Console
         from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
                                    TransferSpeedColumn)
         bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                       TransferSpeedColumn(), console=Console(stderr=True), disable=not show,
-                       transient=False)
-        with bar, ThreadPoolExecutor(max_workers=max(1, min(workers, len(todo)))) as pool:
-            def one(d: Descriptor) -> None:
-                task = bar.add_task(d.digest[7:19], total=d.size)
-                self.fetch_blob(store, repository, d,
-                                lambda n: bar.update(task, advance=n))
-            for future in [pool.submit(one, d) for d in todo]:
-                future.result()
+                       TransferSpeedColumn(), console=Console(stderr=True), transient=False)
+
+        def one(d: Descriptor) -> None:
+            task = bar.add_task(d.digest[7:19], total=d.size)
+            self.fetch_blob(store, repository, d, lambda n: bar.update(task, advance=n), sink_for(d))
+
+        with bar:
+            _each(workers, todo, one)
+
+
+def _each(workers: int, items: list[Descriptor], fn: Callable[[Descriptor], None]) -> None:
+    """``fn`` over ``items`` on ``workers`` threads; the first error is raised."""
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for future in [pool.submit(fn, d) for d in items]:
+            future.result()
 
 
 def _read_limited(r: requests.Response, limit: int, where: str) -> bytes:

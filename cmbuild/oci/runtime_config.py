@@ -60,14 +60,15 @@ Implementation-defined parts, modelled on the default spec of ``runc spec`` / ``
 
 from __future__ import annotations
 
+import os
 import posixpath
-import tarfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import CmbuildError
+from . import tarutil
 
 OCI_VERSION = "1.0.2"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -621,7 +622,7 @@ def _tar_key(name: str) -> str:
     return "/".join(parts)
 
 
-def _resolve_in_tar(path: str, members: dict[str, tarfile.TarInfo], where: str) -> tarfile.TarInfo | None:
+def _resolve_in_tar(path: str, members: dict[str, _Member], where: str) -> _Member | None:
     """Find ``path`` in the tar, following symlinks (in any component) and hard links the way
     the kernel would inside a chroot at the tar's root: ``..`` never goes above the root and an
     absolute target starts again at the root. Nothing on the host is looked at."""
@@ -662,31 +663,54 @@ def _resolve_in_tar(path: str, members: dict[str, tarfile.TarInfo], where: str) 
     return info
 
 
-def _read_member(tar: tarfile.TarFile, path: str, members: dict[str, tarfile.TarInfo], where: str) -> bytes | None:
+@dataclass
+class _Member:
+    """An entry of the rootfs tar, as far as finding the user database needs."""
+
+    type: bytes
+    linkname: str
+    size: int
+    offset: int
+
+    def issym(self) -> bool:
+        return self.type == tarutil.SYM
+
+    def islnk(self) -> bool:
+        return self.type == tarutil.LNK
+
+    def isdir(self) -> bool:
+        return self.type == tarutil.DIR
+
+    def isfile(self) -> bool:
+        return self.type in (tarutil.REG, tarutil.AREG, tarutil.CONT)
+
+
+def _read_member(fd: int, path: str, members: dict[str, _Member], where: str) -> bytes | None:
     info = _resolve_in_tar(path, members, where)
     if info is None or not info.isfile():
         return None
     if info.size > MAX_USER_DB_SIZE:
         raise CmbuildError(f"/{path} is {info.size} bytes, more than a user database should be", where=where)
-    f = tar.extractfile(info)
-    if f is None:
-        return None
-    with f:
-        return f.read()
+    return os.pread(fd, info.size, info.offset)
 
 
 def read_user_db(rootfs_tar: Path) -> tuple[bytes | None, bytes | None]:
     """``/etc/passwd`` and ``/etc/group`` of a flattened (canonical) rootfs tar, or ``None`` for
-    each one the image does not have. Symbolic links are followed inside the tar only."""
+    each one the image does not have. Symbolic links are followed inside the tar only. Reads
+    the headers and those two files only."""
     where = str(rootfs_tar)
     try:
-        with tarfile.open(rootfs_tar, "r:*") as tar:
-            members: dict[str, tarfile.TarInfo] = {}
-            for info in tar:
-                key = _tar_key(info.name)
-                if key:
-                    members[key] = info  # a later entry of the same name wins, as when extracting
-            return (_read_member(tar, "etc/passwd", members, where),
-                    _read_member(tar, "etc/group", members, where))
-    except (tarfile.TarError, OSError) as e:
+        fd = os.open(rootfs_tar, os.O_RDONLY)
+        try:
+            members: dict[str, _Member] = {}
+            for e in tarutil.iter_tar(fd, os.fstat(fd).st_size):
+                key = _tar_key(e.name.decode("utf-8", "surrogateescape"))
+                if key:   # a later entry of the same name wins, as when extracting
+                    members[key] = _Member(e.type, e.linkname.decode("utf-8", "surrogateescape"),
+                                           e.size, e.offset)
+            return (_read_member(fd, "etc/passwd", members, where),
+                    _read_member(fd, "etc/group", members, where))
+        finally:
+            os.close(fd)
+    except (tarutil.TarFormatError, OSError) as e:
         raise CmbuildError(f"cannot read the rootfs tar: {e}", where=where) from e

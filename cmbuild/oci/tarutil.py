@@ -347,12 +347,15 @@ def build_header(name: bytes, typeflag: bytes, mode: int, uid: int, gid: int, si
 
 
 class TarWriter:
-    """Writes tar blocks to a binary stream, coalescing small writes."""
+    """Writes tar blocks to a binary stream, coalescing small writes. When the stream is a
+    pipe, the data of large files moves from the page cache into the pipe with splice(2),
+    never through this process's memory."""
 
     def __init__(self, out: BinaryIO):
         self._out = out
         self._buf = bytearray()
         self._copybuf = bytearray(COPY_CHUNK)
+        self._pipe = _pipe_fd(out)
         self.written = 0
 
     def _put(self, data: bytes) -> None:
@@ -378,21 +381,54 @@ class TarWriter:
             self._put(chunk)
         else:
             self.flush()
-            view = memoryview(self._copybuf)
-            left = size
-            while left:
-                n = os.preadv(fd, [view[:min(left, COPY_CHUNK)]], offset)
-                if n <= 0:
-                    raise OSError(f"short read of {size} bytes at {offset}")
-                self._out.write(view[:n])
-                self.written += n
-                offset += n
-                left -= n
+            (self._splice if self._pipe is not None else self._copy)(fd, offset, size)
+            self.written += size
         pad = _padded(size) - size
         if pad:
             self._put(bytes(pad))
+
+    def _copy(self, fd: int, offset: int, size: int) -> None:
+        view = memoryview(self._copybuf)
+        while size:
+            n = os.preadv(fd, [view[:min(size, COPY_CHUNK)]], offset)
+            if n <= 0:
+                raise OSError(f"short read of {size} bytes at {offset}")
+            self._out.write(view[:n])
+            offset += n
+            size -= n
+
+    def _splice(self, fd: int, offset: int, size: int) -> None:
+        assert self._pipe is not None
+        self._out.flush()
+        while size:
+            n = os.splice(fd, self._pipe, size, offset_src=offset)
+            if n <= 0:
+                raise OSError(f"short read of {size} bytes at {offset}")
+            offset += n
+            size -= n
 
     def finish(self) -> None:
         """Two zero blocks end the archive."""
         self._put(bytes(2 * BLOCK))
         self.flush()
+
+
+def _pipe_fd(out: BinaryIO) -> int | None:
+    """The file descriptor of ``out`` when it is a pipe that splice(2) can fill, else None."""
+    import stat
+    try:
+        fd = out.fileno()
+        return fd if hasattr(os, "splice") and stat.S_ISFIFO(os.fstat(fd).st_mode) else None
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def write_entry(w: TarWriter, e: TarEntry, fd: int, name: bytes | None = None,
+                linkname: bytes | None = None) -> None:
+    """Write entry ``e`` (its header, and its data read from ``fd`` at ``e.offset``), under
+    ``name`` and ``linkname`` when given."""
+    w.header(build_header(e.name if name is None else name, e.type, e.mode, e.uid, e.gid, e.size,
+                          e.mtime, e.linkname if linkname is None else linkname, e.devmajor,
+                          e.devminor, e.xattrs))
+    if e.size and e.type not in HEADER_ONLY:
+        w.data_from(fd, e.offset, e.size)

@@ -5,10 +5,14 @@ platform), with every blob it names in the store."""
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import CmbuildError
 from ..pipeline import Context, Stage, source_digest
+
+if TYPE_CHECKING:
+    from ..oci.flatten import LayerInflater
+    from ..oci.image import Descriptor
 
 
 def key_doc(ctx: Context) -> tuple[Any, dict[str, Any]]:
@@ -38,11 +42,26 @@ def key_doc(ctx: Context) -> tuple[Any, dict[str, Any]]:
 
 
 def build(ctx: Context) -> tuple[str, dict[str, Any]]:
+    from ..oci.flatten import LayerInflater
     from ..oci.pull import pull
     img = ctx.project.image
     digest = ctx.key_inputs("pull")["inputs"].get("digest")
+    inflaters: dict[str, LayerInflater] = {}
+
+    def sink(desc: Descriptor) -> LayerInflater | None:
+        """When this run unpacks too, each layer downloaded is inflated on the way: the
+        network time and the decompression overlap, and the unpack stage finds the tars."""
+        if not ctx.plans("unpack") or desc.digest in inflaters:
+            return None
+        path = ctx.scratch() / f"{desc.digest.split(':', 1)[-1]}.tar"
+        inflaters[desc.digest] = LayerInflater(path, img.max_unpacked_size)
+        return inflaters[desc.digest]
+
     out = pull(ctx.store, ref=img.ref, digest=digest, path=img.path, platform=img.platform,
-               insecure=img.insecure, allow_unpinned=True, progress=ctx.progress)
+               insecure=img.insecure, allow_unpinned=True, progress=ctx.progress, sink=sink)
+    for layer, inflater in inflaters.items():
+        if (tar := inflater.result()) is not None:
+            ctx.inflated[layer] = tar
     return out, {}
 
 

@@ -13,46 +13,75 @@ image lacks them, so that a read-only root works for minimal images too.
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .. import drives
 from ..pipeline import Context, Stage
 
+if TYPE_CHECKING:
+    from ..tarstream import Entries
+
 LABEL = "app"
 
 
-def key_doc(ctx: Context) -> tuple[Any, dict[str, Any]]:
+def mount_points(ctx: Context) -> list[str]:
+    """The directories every container of this image mounts on (added when missing)."""
     from ..oci.runtime_config import image_mount_points
-    d = ctx.project.app_drive()
     image_config = ctx.memo("image-config", lambda: ctx.store.read_json(ctx.image_record()["config"]))
+    return image_mount_points(image_config)
+
+
+def key_doc(ctx: Context) -> tuple[Any, dict[str, Any]]:
+    d = ctx.project.app_drive()
     return ({"format": d.format, "compression": d.compression, "extra_size": d.extra_size,
              "size": d.size},
-            {"rootfs": ctx.output("unpack"), "mount_points": image_mount_points(image_config)})
+            {"rootfs": ctx.output("unpack"), "mount_points": mount_points(ctx)})
+
+
+def streams(ctx: Context) -> bool:
+    """Whether the drive is made from a stream of the tree (squashfs), so that the unpack
+    stage can make it from its own tree while it writes the canonical tar (an ext2 drive
+    needs a tar file first)."""
+    return ctx.project.app_drive().format == "squashfs"
+
+
+def write_squashfs(ctx: Context, entries: Entries, img: Path) -> dict[str, Any]:
+    """Make the squashfs drive at ``img`` from the entries of the image's canonical tree;
+    returns the stage's metadata. The entries are streamed into mksquashfs/tar2sqfs (no copy
+    on disk) with the mount points added, in the order that 8-byte aligns the data of nearly
+    every program and library (an uncompressed drive holds file data in tar order; see
+    :func:`cmbuild.tarstream.write_tree`)."""
+    from ..tarstream import write_tree
+    d = ctx.project.app_drive()
+    wanted = mount_points(ctx)
+    added: list[bytes] = []
+    drives.squashfs_from_writer(
+        lambda f: added.extend(write_tree(entries, f, mount_points=wanted,
+                                          aligned=d.compression == "none")),
+        img, d.compression)
+    return {"format": d.format, "added": [m.decode() for m in added]}
 
 
 def build(ctx: Context) -> tuple[str, dict[str, Any]]:
-    from ..tarstream import copy_tar, missing_dirs
+    from ..tarstream import copy_tar, missing_dirs, tar_entries
     d = ctx.project.app_drive()
     rootfs = ctx.path("unpack")
-    wanted = ctx.key_inputs("squashfs")["inputs"]["mount_points"]
-    missing = missing_dirs(rootfs, wanted)
     with ctx.store.tmpdir("app-") as tmp:
         img = tmp / "app.img"
-        if d.format == "squashfs":
-            # streamed into mksquashfs/tar2sqfs (no copy on disk) with the mount points added,
-            # in the order that 8-byte aligns the data of nearly every program and library
-            # (an uncompressed drive holds file data in tar order; see copy_tar)
-            drives.squashfs_from_writer(
-                lambda f: copy_tar(rootfs, f, mount_points=wanted, aligned=d.compression == "none"),
-                img, d.compression)
+        if streams(ctx):
+            with tar_entries(rootfs) as entries:
+                meta = write_squashfs(ctx, entries, img)
         else:
+            wanted = mount_points(ctx)
             tar_path = tmp / "rootfs.tar"
             with open(tar_path, "wb") as f:
                 copy_tar(rootfs, f, mount_points=wanted)
             drives.make_drive(tar_path, img, d.format, d.compression, d.extra_size, label=LABEL,
                               size=d.size)
+            meta = {"format": d.format, "added": [m.decode() for m in missing_dirs(rootfs, wanted)]}
         digest = ctx.store.adopt(img)
-    return digest, {"format": d.format, "added": [m.decode() for m in missing]}
+    return digest, meta
 
 
 def stage() -> Stage:
@@ -60,5 +89,6 @@ def stage() -> Stage:
                  "the image's drive (app): its root file system as squashfs (or ext2)",
                  key_doc, build,
                  lambda ctx: "app." + drives.EXTENSIONS[ctx.project.app_drive().format],
-                 ("cmbuild.stages.squashfs", "cmbuild.tarstream", "cmbuild.drives"),
+                 ("cmbuild.stages.squashfs", "cmbuild.tarstream", "cmbuild.drives", "cmbuild.oci.tarutil",
+                  "cmbuild.oci.flatten"),   # flatten: the unpack stage makes the drive from its tree
                  drive_label=LABEL, read_only=lambda ctx: ctx.project.app_drive().format != "ext2")
