@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from test_guest import _elf_facts  # the same ELF reading as init's build test
+
 from cmbuild.guest import build
 from cmbuild.store import Store
 
@@ -1023,15 +1025,6 @@ def test_exit_codes_documented_and_distinct() -> None:
 
 
 # ------------------------------------------------------------------ the riscv64 build ------
-
-def _elf_facts(data: bytes) -> dict:
-    assert data[:4] == b"\x7fELF" and data[4] == 2 and data[5] == 1, "not ELF64 LE"
-    e_machine, = struct.unpack_from("<H", data, 18)
-    phoff, = struct.unpack_from("<Q", data, 32)
-    phentsize, phnum = struct.unpack_from("<HH", data, 54)
-    types = [struct.unpack_from("<I", data, phoff + i * phentsize)[0] for i in range(phnum)]
-    return {"machine": e_machine, "interp": 3 in types, "dynamic": 2 in types}
-
 
 @needs_riscv_cc
 def test_riscv_build_is_reproducible_static_and_small(tmp_path: Path) -> None:

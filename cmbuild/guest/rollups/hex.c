@@ -1,7 +1,7 @@
 /* Hex decoding with the hex crate's errors, and Rust's Debug quoting (see hex.h). */
 #include "hex.h"
 
-static int hexval(u8 c)
+int hex_value(u8 c)
 {
     if (c >= '0' && c <= '9')
         return c - '0';
@@ -20,7 +20,7 @@ enum hex_status hex_decode(const u8 *s, size_t n, u8 *out, struct hex_error *err
         return err->status;
     }
     for (size_t i = 0; i < n; i += 2) {
-        int hi = hexval(s[i]), lo = hexval(s[i + 1]);
+        int hi = hex_value(s[i]), lo = hex_value(s[i + 1]);
         if (hi < 0 || lo < 0) {
             err->status = HEX_INVALID_CHAR;
             err->index = hi < 0 ? i : i + 1;

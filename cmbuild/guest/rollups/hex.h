@@ -7,6 +7,9 @@
 
 #include "sys.h"
 
+/* The value of one hex digit (either case), -1 for any other byte. */
+int hex_value(u8 c);
+
 enum hex_status { HEX_OK = 0, HEX_ODD_LENGTH, HEX_INVALID_CHAR, HEX_INVALID_LENGTH };
 
 struct hex_error {

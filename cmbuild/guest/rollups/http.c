@@ -1,4 +1,5 @@
 /* The HTTP/1.1 server (see http.h). */
+#include "hex.h"
 #include "http.h"
 
 enum { BUF_MAX = MAX_HEAD + BODY_LIMIT + 65536, BUF_START = 65536, READ_CHUNK = 65536 };
@@ -54,17 +55,6 @@ static bool is_value_byte(u8 c) { return c == '\t' || c == ' ' || (c >= 0x21 && 
 
 enum head_status { HEAD_MORE, HEAD_OK, HEAD_BAD, HEAD_TOO_LARGE };
 
-static int hexval(u8 c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* The path actix matches: the target's path without the query, percent-escapes decoded except
  * those of '/', '%' and '+'. */
 static void set_path(struct request *r, const u8 *t, size_t n)
@@ -94,8 +84,8 @@ static void set_path(struct request *r, const u8 *t, size_t n)
     size_t o = 0;
     for (size_t k = 0; k < n && t[k] != '?' && t[k] != '#'; k++) {
         u8 c = t[k];
-        if (c == '%' && k + 2 < n + 0 && hexval(t[k + 1]) >= 0 && hexval(t[k + 2]) >= 0) {
-            u8 d = (u8)(hexval(t[k + 1]) << 4 | hexval(t[k + 2]));
+        if (c == '%' && k + 2 < n + 0 && hex_value(t[k + 1]) >= 0 && hex_value(t[k + 2]) >= 0) {
+            u8 d = (u8)(hex_value(t[k + 1]) << 4 | hex_value(t[k + 2]));
             if (d != '/' && d != '%' && d != '+') {
                 c = d;
                 k += 2;
@@ -309,7 +299,7 @@ static enum dechunk_status dechunk(struct conn *c)
         u8 ch = c->buf[i];
         switch (c->cstate) {
         case C_SIZE: {
-            int h = hexval(ch);
+            int h = hex_value(ch);
             i++;
             if (h >= 0) {
                 if (c->csize > UINT64_MAX / 16) {

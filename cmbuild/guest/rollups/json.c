@@ -118,17 +118,6 @@ static bool parse_ident(struct jp *p, const char *ident)
 
 /* ------------------------------------------------------------------ strings ------------ */
 
-static int hexdig(u8 c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 static bool decode_hex_escape(struct jp *p, u32 *out)
 {
     if (p->n - p->i < 4) {
@@ -137,7 +126,7 @@ static bool decode_hex_escape(struct jp *p, u32 *out)
     }
     const u8 *h = p->s + p->i;
     p->i += 4;
-    int a = hexdig(h[0]), b = hexdig(h[1]), c = hexdig(h[2]), d = hexdig(h[3]);
+    int a = hex_value(h[0]), b = hex_value(h[1]), c = hex_value(h[2]), d = hex_value(h[3]);
     if (a < 0 || b < 0 || c < 0 || d < 0)
         return error(p, E_ESCAPE);
     *out = (u32)(a << 12 | b << 8 | c << 4 | d);
