@@ -168,3 +168,30 @@ def test_run_another_command_and_a_shell(tmp_path: Path, shared_cache: Path) -> 
     assert ((proj / "cartesi.lock").read_bytes(), (proj / ".cartesi" / "config.json").read_bytes()) == before
     both = run(proj, "run", "--shell", "--", "ls")
     assert both.returncode == 2 and "give --shell or -- CMD, not both" in both.stderr
+
+
+def test_a_killed_cmbuild_leaves_no_machine_running(tmp_path: Path, shared_cache: Path) -> None:
+    """cmbuild killed with SIGKILL (no cleanup runs) while the machine runs: the kernel ends
+    the emulator too (PR_SET_PDEATHSIG), so no orphan keeps the drives open."""
+    import signal
+    import time
+    proj = project(tmp_path / "p", shared_cache, 'entrypoint = ["/bin/sh", "-c", "echo started; sleep 1000"]')
+    assert run(proj, "build").returncode == 0
+    env = {k: v for k, v in os.environ.items() if k != "CMBUILD_CONFIG"}
+    p = subprocess.Popen([sys.executable, "-m", "cmbuild", "run"], cwd=proj, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert p.stdout is not None
+    for line in p.stdout:                       # the container is running
+        if "started" in line:
+            break
+
+    def machines() -> list[str]:
+        out = subprocess.run(["pgrep", "-f", f"qemu-system-riscv64.*{shared_cache}"], capture_output=True, text=True)
+        return out.stdout.split()
+    assert machines()
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    deadline = time.monotonic() + 10
+    while machines() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert machines() == []

@@ -14,3 +14,15 @@ DRIVE_LABEL_RULE = "1 to 16 lowercase letters, digits or '-', starting with a le
 
 def valid_label(label: str) -> bool:
     return DRIVE_LABEL.fullmatch(label or "") is not None
+
+
+def die_with_parent() -> None:
+    """``preexec_fn`` of a machine's process: the kernel kills it (SIGKILL) when cmbuild dies,
+    however cmbuild dies (a SIGKILL or a closed terminal runs no Python cleanup), so that no
+    emulator keeps running, orphaned, with the project's drives open."""
+    import ctypes
+    import signal
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import CmbuildError
-from . import DRIVE_LABEL_RULE, valid_label
+from . import DRIVE_LABEL_RULE, die_with_parent, valid_label
 from . import outcome as oc
 
 EXECUTABLE = "cartesi-machine"
@@ -416,7 +416,8 @@ def run(
     stderr_chunks: list[bytes] = []
     try:
         proc = subprocess.Popen(cmd, stdin=None if interactive else subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                preexec_fn=die_with_parent)
     except OSError as e:
         raise CmbuildError(f"cannot start {EXECUTABLE}: {e}", where="PATH", hint=INSTALL_HINT) from e
     assert proc.stdout is not None and proc.stderr is not None

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Iterable, Sequence, TextIO
 
 from ..errors import CmbuildError
-from . import DRIVE_LABEL_RULE, valid_label
+from . import DRIVE_LABEL_RULE, die_with_parent, valid_label
 from . import outcome as oc
 
 QEMU = "qemu-system-riscv64"
@@ -165,7 +165,8 @@ def run(*, kernel: Path, initrd: Path, drives: list[Drive], append: Sequence[str
     piped = interactive and not os.isatty(0)
     stdin = subprocess.PIPE if piped else None if interactive else subprocess.DEVNULL
     proc = subprocess.Popen(cmd, stdin=stdin, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, start_new_session=not interactive)
+                            stderr=subprocess.STDOUT, start_new_session=not interactive,
+                            preexec_fn=die_with_parent)
     assert proc.stdout is not None
     forwarding: list[threading.Thread] = []
 
