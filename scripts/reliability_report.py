@@ -25,6 +25,12 @@ GROUPS = [
     ("Crash safety and concurrency", "tests/test_faults.py", ""),
     ("Registry faults injected", "tests/test_pull_faults.py", ""),
     ("Bad configuration", "tests/test_config.py", "bad_config"),
+    # with cartesi-machine on PATH (eval "$(../shared/cartesi-machine/setup)"); skipped without
+    ("Failures inside the machine (real emulator)", "tests/test_cartesi_e2e.py",
+     "panic or init or timeout or max_mcycle or emulator_failure or crun_failure or killed or "
+     "never_falls_back or stale or refused or offline"),
+    ("Rollups failures (real emulator)", "tests/test_rollups_e2e.py",
+     "never_asks or dead_rollups or exception"),
 ]
 
 
