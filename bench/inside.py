@@ -73,17 +73,13 @@ def milestones(lines: list[tuple[float, str, str]]) -> dict[str, float]:
     backend just before it starts QEMU), OpenSBI's banner if it shows, the init's first message (root
     mounted, about to start crun), the container's first line, the init's exit-code line."""
     out: dict[str, float] = {}
-    # stdout and stderr are separate pipes whose lines may be read out of order by a few ms:
-    # the console is what comes on stdout after doit's ".  boot" line, in stdout's own order
-    start = next((t for t, src, text in lines if src == "err" and text.startswith("cmbuild: backend:")), None)
-    console = False
+    # standard output is the machine's console alone (doit's and cmbuild's lines are on
+    # standard error); the machine starts just after cmbuild names the backend the last time
+    # (`build` says it, then `boot`, right before it starts the machine)
+    starts = [t for t, src, text in lines if src == "err" and text.startswith("cmbuild: backend:")]
+    start = starts[-1] if starts else None
     for t, src, text in lines:
         if src == "err":
-            continue
-        if not console:
-            if text.startswith(".  boot"):
-                console = True
-                start = start if start is not None else t
             continue
         if "firmware" not in out and "OpenSBI" in text:
             out["firmware"] = t
