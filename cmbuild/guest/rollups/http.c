@@ -561,6 +561,12 @@ static void conn_process(struct conn *c, http_handler handler)
             respond_bare(c, hs == HEAD_BAD ? 400 : 431);
             return;
         }
+        /* a head over the limit that arrived whole in one read is as much too large as one
+           still arriving (which the HEAD_MORE branch above refuses) */
+        if (!c->head_len && head_len > MAX_HEAD) {
+            respond_bare(c, 431);
+            return;
+        }
         if (!c->head_len) {
             c->head_len = head_len;
             c->continue_sent = false;
