@@ -116,7 +116,10 @@ def test_kills_across_every_stage_of_a_full_build(tmp_path: Path) -> None:
     else:
         raise AssertionError("the build never finished")
     assert kills >= 20
-    assert {"unpack", "squashfs", "runtime", "kernel"} <= stages, stages
+    # a full build streams the app drive from unpack's own tree (the squashfs stage then only
+    # records it), so the drive's writes are killed inside unpack; which of the two the crash
+    # points fall in varies with the threads' timing
+    assert {"unpack", "runtime", "kernel"} <= stages, stages
     assert _outputs(proj) == _outputs(ref)
     for name in ("app.sqfs", "root.sqfs"):
         assert (proj / ".cartesi" / name).read_bytes() == (ref / ".cartesi" / name).read_bytes()
