@@ -112,6 +112,7 @@ def test_a_damaged_output_or_a_changed_input_builds_again(image: Path, store: Pa
     copy.mkdir(parents=True)
     for name in ("build.py", "echo.py", "packages.toml"):
         shutil.copy(ECHO / name, copy / name)
+    shutil.copy(ECHO.parent / "ocibuild.py", copy.parent / "ocibuild.py")  # build.py imports it
     with (copy / "echo.py").open("a") as f:
         f.write("# changed\n")
     assert "wrote" in build(out, store, script=copy / "build.py").stdout
