@@ -215,10 +215,26 @@ class RollupsConfig(BaseModel):
 
 
 class CacheConfig(BaseModel):
-    """``[cache]``: where the content-addressed store lives."""
+    """``[cache]``: where the content-addressed store lives, and the remote stage cache (an
+    OCI registry repository) shared with other machines."""
 
     model_config = _strict()
     dir: Path = Path("cache")
+    remote: str | None = None   # "<registry>/<repository>"
+    push: bool = False          # add this build's stage outputs to the remote
+    insecure: bool = False      # the remote's TLS certificate is not checked (loopback is HTTP)
+
+    @field_validator("remote")
+    @classmethod
+    def _remote(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        from .oci.reference import parse_repository
+        try:
+            parse_repository(v, "")
+        except CmbuildError as e:
+            raise ValueError(f"a remote cache is a repository: {e.message}") from None
+        return v
 
 
 class Project(BaseModel):

@@ -21,3 +21,8 @@ class CmbuildError(Exception):
         if self.hint:
             text += f"\n  hint: {self.hint}"
         return text
+
+
+class RegistryUnavailable(CmbuildError):
+    """A registry cannot be used now: it cannot be reached, keeps failing (5xx, 429), or
+    refuses the credentials. (A remote cache is then left alone; a pull fails.)"""

@@ -50,6 +50,10 @@ class Stage:
     modules: tuple[str, ...] = ()   # the code that makes the output: its source is in the key
     drive_label: str | None = None  # the output is a drive of the machine, with this label
     read_only: Callable[["Context"], bool] = lambda ctx: True  # (drives) the machine may not write it
+    # (remote cache) store objects pushed along with the output, which later stages read
+    remote_extras: Callable[["Context"], list[str]] | None = None
+    # (remote cache) checks an output fetched from the remote, with its metadata; raises
+    check_fetched: Callable[["Context", str, dict[str, Any], str], None] | None = None
 
 
 _IMPL: dict[str, str] = {}
@@ -144,10 +148,20 @@ class Context:
     # layer blob digest -> its uncompressed tar, inflated while the pull stage downloaded it,
     # for the unpack stage of the same run (in the run's scratch folder, see scratch())
     inflated: dict[str, Path] = field(default_factory=dict)
+    # the remote stage cache (see :mod:`cmbuild.remote`); opened on first use
+    use_remote: bool = True
 
     def __post_init__(self) -> None:
         if self.graph is None:
             self.graph = project_graph(self.project)
+
+    @property
+    def remote(self) -> Any:
+        """The remote stage cache of this build, or None."""
+        if not self.use_remote:
+            return None
+        from .remote import open_remote
+        return self.memo("remote", lambda: open_remote(self.project))
 
     # ----- keys ----------------------------------------------------------------------------
     def key(self, name: str) -> str:
@@ -219,8 +233,15 @@ class Context:
         from . import faults
         with self.store.key_lock(key):
             rec = self.store.get_key(key)
+            remote = self.remote
             if rec is not None:
+                if remote is not None and remote.push and "remote" not in rec.meta:
+                    rec = remote.offer(self, name, key, rec)   # built before pushing was on
                 return rec
+            if remote is not None:
+                rec = remote.fetch(self, name, key)
+                if rec is not None:
+                    return rec
             faults.stage = name
             try:
                 self._offers.clear()
@@ -228,6 +249,8 @@ class Context:
                 rec = self.store.put_key(key, name, digest, meta)
             finally:
                 faults.stage = "-"
+            if remote is not None:
+                rec = remote.offer(self, name, key, rec)
         self._record_offers()
         return rec
 
@@ -244,9 +267,11 @@ class Context:
                 if self.store.get_key(key) is None:
                     faults.stage = name
                     try:
-                        self.store.put_key(key, name, digest, meta)
+                        rec = self.store.put_key(key, name, digest, meta)
                     finally:
                         faults.stage = "-"
+                    if self.remote is not None:
+                        self.remote.offer(self, name, key, rec)
 
     @property
     def backend(self) -> str:

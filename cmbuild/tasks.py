@@ -68,6 +68,9 @@ def update_lock(ctx: Context, names: list[str]) -> None:
         entry = {"key": ctx.key(name), **ctx.key_inputs(name), "output": rec.output}
         if rec.meta.get("root_hash"):
             entry["root_hash"] = rec.meta["root_hash"]
+        if rec.meta.get("remote"):
+            # where the output is shared: fetched from there, or pushed there after the build
+            entry["remote"] = rec.meta["remote"]
         stages[name] = entry
     valid = set(ctx.graph)
     stages = {k: v for k, v in stages.items() if k in valid}
@@ -128,6 +131,10 @@ class StageCheck:
         if not locked or locked.get("key") != key or locked.get("output") != rec.output:
             self.reason = "cartesi.lock does not record this output"
             return False
+        remote = ctx.remote
+        if remote is not None and remote.push and remote.broken is None and "remote" not in rec.meta:
+            self.reason = f"not pushed to the remote cache {remote.spec} yet"
+            return False
         self.reason = "up to date"
         return True
 
@@ -153,7 +160,13 @@ class StageAction:
             return TaskFailed(f"stage '{e.stage}' has no output in the store; build it first")
         except CmbuildError as e:
             return TaskFailed(f"{name}: {e}")
-        what = "built" if before is None else "restored"
+        remote = ctx.remote
+        if before is not None:
+            what = "restored"
+        elif remote is not None and name in remote.fetched:
+            what = f"downloaded from {remote.spec}"
+        else:
+            what = "built"
         size = ""
         obj = ctx.store.object_path(rec.output)
         if obj.is_file():

@@ -34,7 +34,7 @@ from typing import Any, Callable
 
 import requests
 
-from ..errors import CmbuildError
+from ..errors import CmbuildError, RegistryUnavailable
 from .reference import normalize_registry
 
 ENV_USER = "CMBUILD_REGISTRY_USER"
@@ -105,8 +105,9 @@ class Authenticator:
     """Holds the credentials and tokens for one registry; safe to share between threads."""
 
     def __init__(self, registry: str, session: Callable[[], requests.Session],
-                 verify: bool = True, timeout: float = 30.0):
+                 verify: bool = True, timeout: float = 30.0, push: bool = False):
         self.registry = registry
+        self.actions = "pull,push" if push else "pull"
         self.creds = find_credentials(registry)
         self._session = session
         self._verify = verify
@@ -116,9 +117,8 @@ class Authenticator:
         self._params: dict[str, str] = {}
         self._tokens: dict[str, tuple[str, float]] = {}
 
-    @staticmethod
-    def scope(repository: str) -> str:
-        return f"repository:{repository}:pull"
+    def scope(self, repository: str) -> str:
+        return f"repository:{repository}:{self.actions}"
 
     def header(self, repository: str) -> dict[str, str]:
         """The Authorization header for a request about ``repository`` (maybe none)."""
@@ -165,14 +165,14 @@ class Authenticator:
             r = self._session().get(realm, params=query, headers=headers, timeout=self._timeout,
                                     verify=self._verify)
         except requests.RequestException as e:
-            raise CmbuildError(f"cannot get a token from {realm}: {e}",
+            raise RegistryUnavailable(f"cannot get a token from {realm}: {e}",
                                where=self.registry) from None
         if r.status_code == 401 and self.creds:
             raise self.rejected()
         if r.status_code == 401:
             raise self.needs_credentials()
         if r.status_code != 200:
-            raise CmbuildError(f"the token server answered HTTP {r.status_code}",
+            raise RegistryUnavailable(f"the token server answered HTTP {r.status_code}",
                                where=f"{self.registry} ({realm})")
         try:
             doc: Any = r.json()
@@ -191,20 +191,20 @@ class Authenticator:
         return tok
 
     def needs_credentials(self) -> CmbuildError:
-        return CmbuildError("the registry asks for credentials and none were found "
+        return RegistryUnavailable("the registry asks for credentials and none were found "
                             "(HTTP 401)", where=self.registry,
                             hint=f"cmbuild reads credentials from {CREDENTIAL_SOURCES}")
 
     def rejected(self) -> CmbuildError:
         src = self.creds.source if self.creds else "nowhere"
-        return CmbuildError(f"the registry refused the credentials from {src} (HTTP 401)",
+        return RegistryUnavailable(f"the registry refused the credentials from {src} (HTTP 401)",
                             where=self.registry,
                             hint=f"check the user and password; cmbuild reads credentials "
                                  f"from {CREDENTIAL_SOURCES}")
 
     def denied(self, repository: str) -> CmbuildError:
         who = f"the credentials from {self.creds.source}" if self.creds else "anonymous access"
-        return CmbuildError(f"access to {repository} is denied for {who} (HTTP 401)",
+        return RegistryUnavailable(f"access to {repository} is denied for {who} (HTTP 401)",
                             where=self.registry,
                             hint=f"check the repository name and the credentials "
                                  f"({CREDENTIAL_SOURCES})")

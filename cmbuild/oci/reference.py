@@ -106,6 +106,15 @@ def parse_reference(text: str) -> Reference:
     return Reference(registry, rest, tag, digest)
 
 
+def parse_repository(text: str, where: str) -> tuple[str, str]:
+    """``<registry>/<repository>`` without a tag or digest -> (registry, repository)."""
+    ref = parse_reference(text)
+    if ref.digest or ":" in text.rsplit("/", 1)[-1]:
+        raise CmbuildError(f"expected a repository without a tag or digest, got {text!r}",
+                           where=where, hint='e.g. "ghcr.io/you/app-cache"')
+    return ref.registry, ref.repository
+
+
 def is_loopback(registry: str) -> bool:
     """True for ``localhost``, ``127.0.0.0/8`` and ``[::1]`` (with or without a port)."""
     host = registry

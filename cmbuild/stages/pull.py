@@ -65,9 +65,27 @@ def build(ctx: Context) -> tuple[str, dict[str, Any]]:
     return out, {}
 
 
+def documents(ctx: Context) -> list[str]:
+    """The image's small documents in the store (index, manifest, config): a remote cache
+    carries them with the pull stage's output; the layers it leaves to the image's source,
+    fetched again by :func:`fetch_layers` only if a later stage must be built here."""
+    rec = ctx.image_record()
+    return [d for d in (rec.get("index"), rec.get("manifest"), rec.get("config"))
+            if isinstance(d, str) and ctx.store.has(d)]
+
+
+def fetch_layers(ctx: Context) -> None:
+    """Bring the layers that the pull's record names into the store (after the record came
+    from a remote cache), from the image's own source, verified as a pull does."""
+    got = build(ctx)[0]
+    if got != ctx.output("pull"):
+        raise CmbuildError(f"the image's source now gives record {got}, not {ctx.output('pull')}",
+                           where="pull", hint="the image changed at its source")
+
+
 def stage() -> Stage:
     return Stage("pull", 1, (), "fetch the image (registry, OCI layout or docker-save tarball), verify every blob",
-                 key_doc, build,
+                 key_doc, build, remote_extras=documents,
                  modules=("cmbuild.stages.pull", "cmbuild.oci.pull", "cmbuild.oci.image", "cmbuild.oci.layout",
                           "cmbuild.oci.dockersave", "cmbuild.oci.registry", "cmbuild.oci.auth",
                           "cmbuild.oci.blobs", "cmbuild.oci.reference"))

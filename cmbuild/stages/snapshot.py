@@ -43,8 +43,18 @@ def build(ctx: Context) -> tuple[str, dict[str, Any]]:
     return digest, {"root_hash": root_hash}
 
 
+def check_fetched(ctx: Context, digest: str, meta: dict[str, Any], where: str) -> None:
+    """A stored machine from a remote cache must have the root hash it is said to have."""
+    from ..machines import cartesi as cm
+    got = cm.stored_hash(ctx.store.object_path(digest))
+    if got != meta.get("root_hash"):
+        raise CmbuildError(f"the stored machine's root hash is {got}, the artifact says "
+                           f"{meta.get('root_hash')}", where=where)
+
+
 def stage(deps: tuple[str, ...]) -> Stage:
     """``deps``: the kernel and every drive stage of the project."""
     return Stage("snapshot", 1, deps, "the stored machine (cartesi-machine --store) and its root hash",
                  key_doc, build, lambda ctx: "image",
-                 ("cmbuild.stages.snapshot", "cmbuild.machines.cartesi", "cmbuild.machines.outcome"))
+                 ("cmbuild.stages.snapshot", "cmbuild.machines.cartesi", "cmbuild.machines.outcome"),
+                 check_fetched=check_fetched)

@@ -66,7 +66,10 @@ def _timed(fn: Callable[[], T], into: dict[str, float], name: str) -> Callable[[
 
 def build(ctx: Context) -> tuple[str, dict[str, Any]]:
     from ..oci.flatten import Flattened, LayerInput, read_layers, write_canonical
+    from . import pull
     img = ctx.project.image
+    if any(not ctx.store.has(layer["digest"]) for layer in ctx.image_record()["layers"]):
+        pull.fetch_layers(ctx)   # the pull's record came from a remote cache, its layers did not
     layers = [LayerInput(path=ctx.store.require(layer["digest"], "layer"), digest=layer["digest"],
                          media_type=layer["mediaType"])
               for layer in ctx.key_inputs("unpack")["inputs"]["layers"]]
