@@ -14,9 +14,17 @@ from doit.doit_cmd import DoitMain
 
 DOIT_COMMANDS = {"list", "info", "clean", "forget", "ignore", "dumpdb", "help", "strace",
                  "reset-dep", "auto", "tabcompletion"}
-USAGE = """usage: cmbuild [-c cartesi.toml] [--allow-unpinned] [TASK|doit-command] [args]
+USAGE = """usage: cmbuild [-c cartesi.toml] [--allow-unpinned] [--remote R|--no-remote] [--push|--no-push]
+               [TASK|doit-command] [args]
        cmbuild init [IMAGE] [--rollups[=builtin|image]]
                                 write cartesi.toml (and dodo.py, for plain doit) here
+       cmbuild push REGISTRY/REPOSITORY[:TAG]
+                                publish the snapshot as an OCI artifact; prints its digest
+       cmbuild fetch REGISTRY/REPOSITORY@sha256:... DIR
+                                fetch a published machine, verified; prints its template hash
+
+remote stage cache: --remote REGISTRY/REPOSITORY ($CMBUILD_REMOTE), --no-remote,
+          --push / --no-push ($CMBUILD_REMOTE_PUSH=1/0); default: [cache] in cartesi.toml
 
 tasks:    snapshot (default), build, run (= boot), hash [--json], lock, audit [--stage S],
           verify [--repair], app (= squashfs + config), and one per stage: pull, unpack,
@@ -124,6 +132,19 @@ def main(argv: list[str] | None = None) -> int:
             cfg = opt.split("=", 1)[1]
         elif opt == "--allow-unpinned":
             allow_unpinned = True
+        elif opt in ("--remote", "--no-remote", "--push", "--no-push") or opt.startswith("--remote="):
+            from .remote import ENV_PUSH, ENV_REMOTE
+            if opt == "--remote":
+                if not args:
+                    print("cmbuild: error: --remote needs REGISTRY/REPOSITORY", file=sys.stderr)
+                    return 2
+                os.environ[ENV_REMOTE] = args.pop(0)
+            elif opt.startswith("--remote="):
+                os.environ[ENV_REMOTE] = opt.split("=", 1)[1]
+            elif opt == "--no-remote":
+                os.environ[ENV_REMOTE] = "none"
+            else:
+                os.environ[ENV_PUSH] = "1" if opt == "--push" else "0"
         elif opt in ("-h", "--help"):
             print(USAGE)
             return 0
@@ -132,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
             break
     if args[:1] == ["init"]:
         return init_project(args[1:])
+    if args[:1] in (["push"], ["fetch"]):
+        from .ship import main as ship_main
+        return ship_main(args, cfg)
     if args[:1] in (["advance"], ["inspect"], ["inputs"]):
         from .inputs_cli import main as inputs_main
         return inputs_main(args, cfg, allow_unpinned)
