@@ -342,8 +342,9 @@ class FaultProxy:
                     return
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
-                headers = {k: v for k, v in self.headers.items()
-                           if k.lower() not in ("host", "connection")}
+                # Host is kept: the registry builds upload locations from it, so that
+                # uploads come back through the proxy too
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
                 conn = http.client.HTTPConnection("127.0.0.1", proxy.upstream_port, timeout=30)
                 conn.request(self.command, self.path, body=body, headers=headers)
                 resp = conn.getresponse()

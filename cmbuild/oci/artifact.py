@@ -242,19 +242,32 @@ class _LayerWriter:
             self.z = _zstd().ZstdDecompressor().stream_writer(out, write_size=1 << 20,
                                                               closefd=False)
 
+        self.bad: Exception | None = None   # the zstd stream broke: only hashing goes on
+
     def write(self, data: bytes) -> int:
         self.h.update(data)
         self.size += len(data)
+        if self.bad is not None:
+            return len(data)
         if self.z is not None:
-            self.z.write(data)
+            try:
+                self.z.write(data)
+            except _zstd().ZstdError as e:
+                # a corrupt blob: the digest check (after the last byte) says so first
+                self.bad = e
         else:
             self.out.write(data)
         return len(data)
 
     def finish(self) -> None:
-        if self.z is not None:
-            self.z.flush()
-            self.z.close()
+        if self.z is not None and self.bad is None:
+            try:
+                self.z.flush()
+                self.z.close()
+            except _zstd().ZstdError as e:
+                self.bad = e
+        if self.bad is not None:
+            raise CmbuildError(f"the blob is not valid zstd: {self.bad}")
 
     @property
     def digest(self) -> str:
@@ -286,10 +299,8 @@ def _layer_file(client: RegistryClient, repository: str, layer: dict[str, Any], 
     try:
         client.download_blob(repository, desc, w, progress)
         w.finish()
-    except Exception as e:
+    except BaseException:
         out.abort()
-        if type(e).__module__.startswith("zstandard") or "zstd" in type(e).__name__.lower():
-            raise CmbuildError(f"blob {desc.digest} is not valid zstd: {e}", where=where) from None
         raise
     got = out.close()
     if got != content or out.size != content_size:
