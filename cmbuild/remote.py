@@ -93,7 +93,7 @@ class RemoteCache:
     repository: str = ""
     broken: str | None = None
     client: Any = None
-    fetched: set[str] = field(default_factory=set)
+    fetched: dict[str, int] = field(default_factory=dict)   # stage -> bytes received
     stats: dict[str, int] = field(default_factory=lambda: {"downloaded": 0, "uploaded": 0})
 
     @classmethod
@@ -136,7 +136,8 @@ class RemoteCache:
                 raise CmbuildError("bad metadata annotation", where=where)
             before = _downloaded(client)
             got = fetch_object(client, self.repository, doc, ctx.store, output, where)
-            self.stats["downloaded"] += _downloaded(client) - before
+            received = _downloaded(client) - before
+            self.stats["downloaded"] += received
             check = ctx.graph[name].check_fetched
             if check is not None:
                 check(ctx, got, meta, where)
@@ -149,7 +150,7 @@ class RemoteCache:
             return None
         meta = {**meta, "remote": f"{self.spec}@{mdigest}"}
         rec = ctx.store.put_key(key, name, got, meta)
-        self.fetched.add(name)
+        self.fetched[name] = received
         return rec
 
     # ----- pushing ----------------------------------------------------------------------

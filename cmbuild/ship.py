@@ -9,9 +9,11 @@ template hash, source image digest, emulator and cmbuild versions) and annotatio
 * ``io.cartesi.cmbuild.image``: the digest of the source image's manifest;
 * ``io.cartesi.cmbuild.lock``: the project's ``cartesi.lock``, which says how it was built.
 
-``fetch`` verifies every blob and every file, then runs ``cartesi-machine-stored-hash`` on the
-result: unless that is the annotated template hash, the machine is refused and nothing is left
-in DIR. Output for scripts (the pushed digest, the fetched template hash) is the only thing on
+``fetch`` verifies every blob and every file, then takes the machine's root hash twice: with
+``cartesi-machine-stored-hash`` (which reads the stored hash tree) and recomputed from the
+memory and drive contents alone (``cartesi-machine --load-config`` without the hash tree files:
+the stored tree alone would not notice altered contents). Unless both are the annotated
+template hash, the machine is refused and nothing is left in DIR. Output for scripts (the pushed digest, the fetched template hash) is the only thing on
 standard output.
 """
 
@@ -133,7 +135,7 @@ def fetch_machine(source: str, dest: Path, insecure: bool = False) -> int:
     try:
         store = Store(scratch / "store")
         tree = fetch_object(client, ref.repository, doc, store, None, source)
-        got = cm.stored_hash(store.object_path(tree))
+        got = cm.checked_hash(store.object_path(tree))
         if got != want:
             raise CmbuildError(f"the stored machine's root hash is {got}, the artifact says {want}",
                                where=source, hint="the machine was refused; nothing was kept")
@@ -145,7 +147,7 @@ def fetch_machine(source: str, dest: Path, insecure: bool = False) -> int:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     _say(f"fetched {source} into {dest}: every blob and file verified, template hash {want} "
-         "(cartesi-machine-stored-hash)")
+         "(stored hash tree and contents)")
     image = cfg.get("image")
     if image:
         _say(f"built from image {image} with cmbuild {cfg.get('cmbuild')}, emulator {cfg.get('emulator')}")

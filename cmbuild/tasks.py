@@ -171,6 +171,8 @@ class StageAction:
         obj = ctx.store.object_path(rec.output)
         if obj.is_file():
             size = f", {obj.stat().st_size / 1e6:.2f} MB"
+        if remote is not None and name in remote.fetched and before is None:
+            size += f" ({remote.fetched[name] / 1e6:.2f} MB received)"
         where = f" -> .cartesi/{pub}" if pub else ""
         _say(f"{name}: {what} {rec.output[7:19]}{size} in {time.monotonic() - t0:.1f} s{where}")
         if rec.meta.get("root_hash"):

@@ -166,6 +166,22 @@ def test_tree_artifact_round_trip_keeps_bytes_modes_and_holes(tmp_path: Path, pu
     assert {p.name: p.lstat().st_mode & 0o7777 for p in tree.rglob("*") if not p.is_symlink()} == modes
     assert os.readlink(tree / "link") == "ro.bin" and (tree / "sub" / "empty").is_dir()
 
+    # a store that holds ro.bin's bytes already copies them instead of downloading them...
+    ro = (store.object_path(digest) / "ro.bin").read_bytes()
+    third = Store(tmp_path / "c")
+    third.add_bytes(ro)
+    c = RegistryClient(pull_registry.host)
+    assert fetch_object(c, "t/tree", doc, third, digest, "test") == digest
+    assert c.bytes_in < 50_000 and (third.object_path(digest) / "ro.bin").read_bytes() == ro
+    # ...unless they are not what their name says: then they are downloaded, never trusted
+    fourth = Store(tmp_path / "d")
+    bad = fourth.object_path(fourth.add_bytes(ro))
+    bad.chmod(0o644)
+    bad.write_bytes(b"x" * len(ro))
+    c = RegistryClient(pull_registry.host)
+    assert fetch_object(c, "t/tree", doc, fourth, digest, "test") == digest
+    assert c.bytes_in > 100_000 and (fourth.object_path(digest) / "ro.bin").read_bytes() == ro
+
 
 def test_big_blob_upload_in_chunks_resumes_after_a_failed_chunk(tmp_path: Path, pull_registry: Registry) -> None:
     proxy = FaultProxy(pull_registry.port)
@@ -405,6 +421,32 @@ def test_snapshot_shared_and_machine_pushed_and_fetched(tmp_path: Path, pull_reg
     assert refused.returncode != 0 and "root hash" in refused.stderr and "refused" in refused.stderr, show(refused)
     assert not dest2.exists() and refused.stdout == ""
     assert [p.name for p in (tmp_path / "node").iterdir()] == ["machine"]   # no scratch left
+    # a machine whose RAM was altered but whose stored hash tree was kept: every blob and file
+    # matches its digest and cartesi-machine-stored-hash prints the true template hash (it reads
+    # the stored tree); the hash recomputed from the contents does not, and it is refused
+    from cmbuild.oci.artifact import prepare_file
+    work = tmp_path / "tamper"
+    work.mkdir()
+    altered = work / ram.name
+    shutil.copyfile(ram, altered)
+    with open(altered, "r+b") as f:
+        f.seek(4 << 20)
+        f.write(b"\x42")
+    blob = prepare_file(altered, ram.name, work)
+    pusher.push_blob("dapps/example", blob.path.read_bytes(), blob.desc["digest"], blob.desc["size"])
+    forged = dict(doc)
+    forged["layers"] = [{**blob.desc, "annotations": {**x["annotations"],
+                                                     **{k: v for k, v in blob.desc["annotations"].items()
+                                                        if k != "io.cartesi.cmbuild.mode"}}}
+                        if x["annotations"]["org.opencontainers.image.title"] == ram.name else x
+                        for x in doc["layers"]]
+    assert forged["layers"] != doc["layers"]
+    bad = pusher.put_manifest("dapps/example", "forged", json.dumps(forged).encode(), doc["mediaType"])
+    dest3 = tmp_path / "node" / "forged"
+    refused = cmbuild(tmp_path, "fetch", f"{pull_registry.host}/dapps/example@{bad}", str(dest3))
+    assert refused.returncode != 0 and "contents hash to" in refused.stderr, show(refused)
+    assert not dest3.exists() and refused.stdout == ""
+
     # by tag only: refused with what to do
     p = cmbuild(tmp_path, "fetch", f"{pull_registry.host}/dapps/example:v1", str(tmp_path / "x"))
     assert p.returncode != 0 and "by digest" in p.stderr

@@ -289,6 +289,82 @@ def stored_hash(store_dir: Path) -> str:
     return "0x" + m.group(1).lower()
 
 
+_HASH_TREE_FILES = ("dht_filename", "dpt_filename", "sht_filename", "phtc_filename")
+
+
+def recomputed_hash(store_dir: Path) -> str:
+    """The root hash of a stored machine computed from its memory and drive contents alone.
+
+    ``cartesi-machine-stored-hash`` trusts the hash trees stored beside the data (``.dht``,
+    ``.dpt``, ``hash_tree.sht``/``.phtc``): a machine whose RAM or drives were altered but whose
+    hash tree files were kept prints the original hash. To check a machine that came from
+    elsewhere, its configuration is loaded afresh (``cartesi-machine --load-config``) with
+    every backing file named but no stored hash tree, read-only, so the emulator hashes every
+    page it holds; nothing runs (``--max-mcycle=0``) and nothing is written."""
+    import json
+    import tempfile
+    exe = shutil.which(EXECUTABLE)
+    if exe is None:
+        raise CmbuildError(f"'{EXECUTABLE}' is not on PATH", where="PATH", hint=INSTALL_HINT)
+    store_dir = Path(store_dir).resolve()
+    where = str(store_dir / "config.json")
+    try:
+        doc = json.loads((store_dir / "config.json").read_text())
+        config = doc["config"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CmbuildError(f"not a stored machine's configuration: {e}", where=where) from None
+
+    def rewrite(x: object) -> None:
+        if isinstance(x, dict):
+            for k in list(x):
+                v = x[k]
+                if k in _HASH_TREE_FILES:
+                    del x[k]
+                elif k == "data_filename" and v:
+                    name = str(v)[2:] if str(v).startswith("./") else str(v)
+                    if not name or "/" in name or name in (".", ".."):
+                        raise CmbuildError(f"a backing file {v!r} outside the machine's "
+                                           "directory", where=where)
+                    x[k] = str(store_dir / name)
+                elif k in ("shared", "create", "truncate"):
+                    x[k] = False
+                else:
+                    rewrite(v)
+        elif isinstance(x, list):
+            for v in x:
+                rewrite(v)
+
+    rewrite(config)
+    with tempfile.TemporaryDirectory(prefix="cmbuild-hash-") as tmp:
+        cfg = Path(tmp) / "config.json"
+        cfg.write_text(json.dumps(config))
+        try:
+            proc = subprocess.run([exe, f"--load-config={cfg}", "--initial-hash", "--max-mcycle=0",
+                                   "--quiet"], stdin=subprocess.DEVNULL, capture_output=True,
+                                  text=True, timeout=1800, cwd=tmp)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise CmbuildError(f"'{EXECUTABLE} --load-config' failed: {e}", where=str(store_dir)) from e
+    hashes = [m.group(2).lower() for ln in (proc.stdout + "\n" + proc.stderr).splitlines()
+              if (m := _HASH_LINE_RE.match(ln.strip()))]   # the CLI prints it on stderr
+    if proc.returncode != 0 or not hashes:
+        raise CmbuildError(
+            f"'{EXECUTABLE} --load-config --initial-hash' exited with {proc.returncode} and printed "
+            f"{proc.stdout.strip()[-200:]!r} {proc.stderr.strip()[-500:]!r}", where=str(store_dir))
+    return "0x" + hashes[0]
+
+
+def checked_hash(store_dir: Path) -> str:
+    """The root hash of a stored machine from elsewhere, checked: the stored hash
+    (:func:`stored_hash`) must be the one its contents give (:func:`recomputed_hash`)."""
+    stored = stored_hash(store_dir)
+    computed = recomputed_hash(store_dir)
+    if stored != computed:
+        raise CmbuildError(f"the stored machine's hash tree says {stored} but its contents hash "
+                           f"to {computed}", where=str(store_dir),
+                           hint="its memory or drives were altered after it was stored")
+    return stored
+
+
 # --------------------------------------------------------------------------- running
 
 

@@ -282,9 +282,24 @@ def _safe_path(title: Any, where: str) -> str:
     return title
 
 
+def _copy_local(src: Path, dest: Path, size: int) -> str:
+    """Copy ``src`` to ``dest`` (zero blocks as holes); the sha256 of what was copied."""
+    out = SparseWriter(dest, size, str(dest))
+    try:
+        with open(src, "rb") as f:
+            while chunk := f.read(CHUNK):
+                out.write(chunk)
+    except BaseException:
+        out.abort()
+        raise
+    return out.close()
+
+
 def _layer_file(client: RegistryClient, repository: str, layer: dict[str, Any], dest: Path,
-                where: str, progress: Callable[[int], None] | None) -> None:
-    """Download one layer into ``dest``, verified twice: the blob and the file's bytes."""
+                where: str, progress: Callable[[int], None] | None, store: Store | None = None) -> None:
+    """Download one layer into ``dest``, verified twice: the blob and the file's bytes. A file
+    whose bytes the local store already holds (a drive inside a stored machine is also the
+    drive stage's output) is copied from there, re-hashed, instead of downloaded."""
     ann = layer.get("annotations") or {}
     try:
         desc = Descriptor(layer["mediaType"], layer["digest"], int(layer["size"]))
@@ -294,17 +309,24 @@ def _layer_file(client: RegistryClient, repository: str, layer: dict[str, Any], 
                            where=where) from None
     if desc.media_type not in (FILE_TYPE, ZSTD_TYPE):
         raise CmbuildError(f"a layer has media type {desc.media_type!r}", where=where)
-    out = SparseWriter(dest, content_size, f"{where} {ann.get(TITLE)}")
-    w = _LayerWriter(out, desc.media_type == ZSTD_TYPE)
-    try:
-        client.download_blob(repository, desc, w, progress)
-        w.finish()
-    except BaseException:
-        out.abort()
-        raise
-    got = out.close()
-    if got != content or out.size != content_size:
-        raise CmbuildError(f"{ann.get(TITLE)}: the file's bytes hash to {got} ({out.size} bytes), "
+    local = store.object_path(content) if store is not None and isinstance(content, str) \
+        and content.startswith(DIGEST_PREFIX) and store.has(content) else None
+    if local is not None and local.is_file() and local.stat().st_size == content_size \
+            and _copy_local(local, dest, content_size) == content:
+        got, size = content, content_size
+    else:
+        out = SparseWriter(dest, content_size, f"{where} {ann.get(TITLE)}")
+        w = _LayerWriter(out, desc.media_type == ZSTD_TYPE)
+        try:
+            client.download_blob(repository, desc, w, progress)
+            w.finish()
+        except BaseException:
+            out.abort()
+            raise
+        got = out.close()
+        size = out.size
+    if got != content or size != content_size:
+        raise CmbuildError(f"{ann.get(TITLE)}: the file's bytes hash to {got} ({size} bytes), "
                            f"the artifact says {content} ({content_size} bytes)", where=where,
                            hint="the artifact is corrupt; nothing was stored")
     mode = ann.get(MODE)
@@ -353,7 +375,7 @@ def fetch_object(client: RegistryClient, repository: str, doc: dict[str, Any], s
                 rel = _safe_path((layer.get("annotations") or {}).get(TITLE), where)
                 dest = root / rel
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                _layer_file(client, repository, layer, dest, where, progress)
+                _layer_file(client, repository, layer, dest, where, progress, store)
             try:
                 entries = json.loads(ann.get(TREE) or "[]")
             except ValueError:

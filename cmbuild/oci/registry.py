@@ -142,12 +142,13 @@ class RegistryClient:
         raise self.auth.denied(repository)
 
     def request(self, method: str, url: str, repository: str,
-                headers: dict[str, str] | None = None, stream: bool = False) -> requests.Response:
+                headers: dict[str, str] | None = None, stream: bool = False,
+                body: bytes | None = None) -> requests.Response:
         """Send a request with authentication, redirects and bounded retries."""
         headers = dict(headers or {})
         for attempt in range(self.retries + 1):
             try:
-                r = self._authed(method, url, repository, headers, stream)
+                r = self._authed(method, url, repository, headers, stream, body)
             except _NETWORK_ERRORS as e:
                 if attempt == self.retries:
                     raise RegistryUnavailable(f"cannot reach the registry: {e}",
@@ -428,26 +429,15 @@ class RegistryClient:
         """Upload a manifest under a tag (or its digest); returns its digest."""
         url = f"{self.base}/v2/{repository}/manifests/{reference}"
         digest = sha256_bytes(data)
-        for attempt in range(self.retries + 1):
-            try:
-                r = self._authed("PUT", url, repository, {"Content-Type": media_type}, False, data)
-            except _NETWORK_ERRORS as e:
-                if attempt == self.retries:
-                    raise RegistryUnavailable(f"cannot reach the registry: {e}",
-                                              where=url) from None
-                time.sleep(self._sleep_for(None, attempt))
-                continue
-            r.close()
-            if (r.status_code >= 500 or r.status_code == 429) and attempt < self.retries:
-                time.sleep(self._sleep_for(r, attempt))
-                continue
-            if r.status_code not in (200, 201):
-                raise self._fail(r, f"manifest {reference}", url)
-            got = r.headers.get("Docker-Content-Digest")
-            if got and got != digest:
-                raise CmbuildError(f"the registry stored manifest {reference} as {got}, not "
-                                   f"{digest}", where=url)
-            return digest
+        r = self.request("PUT", url, repository, {"Content-Type": media_type}, body=data)
+        r.close()
+        if r.status_code not in (200, 201):
+            raise self._fail(r, f"manifest {reference}", url)
+        got = r.headers.get("Docker-Content-Digest")
+        if got and got != digest:
+            raise CmbuildError(f"the registry stored manifest {reference} as {got}, not "
+                               f"{digest}", where=url)
+        return digest
         raise AssertionError("unreachable")
 
     def fetch_blobs(self, store: Store, repository: str, descs: list[Descriptor],

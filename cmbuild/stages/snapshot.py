@@ -44,9 +44,10 @@ def build(ctx: Context) -> tuple[str, dict[str, Any]]:
 
 
 def check_fetched(ctx: Context, digest: str, meta: dict[str, Any], where: str) -> None:
-    """A stored machine from a remote cache must have the root hash it is said to have."""
+    """A stored machine from a remote cache must have the root hash it is said to have, by its
+    stored hash tree and by its contents."""
     from ..machines import cartesi as cm
-    got = cm.stored_hash(ctx.store.object_path(digest))
+    got = cm.checked_hash(ctx.store.object_path(digest))
     if got != meta.get("root_hash"):
         raise CmbuildError(f"the stored machine's root hash is {got}, the artifact says "
                            f"{meta.get('root_hash')}", where=where)
