@@ -119,7 +119,7 @@ class RemoteCache:
         """Adopt the output of stage ``name`` for ``key`` from the remote, or None."""
         if self.broken is not None:
             return None
-        from .oci.artifact import fetch_object, get_artifact
+        from .oci.artifact import fetch_object, get_artifact, transfer_bar
         client = self._client()
         where = f"{self.spec}:{tag_of(key)}"
         try:
@@ -135,7 +135,9 @@ class RemoteCache:
             if not isinstance(meta, dict):
                 raise CmbuildError("bad metadata annotation", where=where)
             before = _downloaded(client)
-            got = fetch_object(client, self.repository, doc, ctx.store, output, where)
+            total = sum(int(x.get("size", 0)) for x in doc.get("layers") or [])
+            with transfer_bar(f"{name} ↓", total, ctx.progress) as progress:
+                got = fetch_object(client, self.repository, doc, ctx.store, output, where, progress)
             received = _downloaded(client) - before
             self.stats["downloaded"] += received
             check = ctx.graph[name].check_fetched
@@ -159,7 +161,7 @@ class RemoteCache:
         the output now is)."""
         if not self.push or self.broken is not None or "remote" in rec.meta:
             return rec
-        from .oci.artifact import prepare_object, push_artifact
+        from .oci.artifact import prepare_object, push_artifact, transfer_bar
         stage = ctx.graph[name]
         try:
             client = self._client()
@@ -176,8 +178,10 @@ class RemoteCache:
                                A_VERSION: __version__, "io.cartesi.cmbuild.kind": kind}
                 if extras:
                     annotations["io.cartesi.cmbuild.tree"] = json.dumps(extras, sort_keys=True)
-                mdigest, sent = push_artifact(client, self.repository, tag_of(key), blobs,
-                                              STAGE_TYPE, annotations)
+                with transfer_bar(f"{name} ↑", sum(b.desc["size"] for b in blobs),
+                                  ctx.progress) as progress:
+                    mdigest, sent = push_artifact(client, self.repository, tag_of(key), blobs,
+                                                  STAGE_TYPE, annotations, progress=progress)
             self.stats["uploaded"] += sent
         except (RegistryUnavailable, CmbuildError, OSError) as e:
             if isinstance(e, RegistryUnavailable):

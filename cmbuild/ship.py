@@ -50,7 +50,7 @@ def _client(ref: Any, push: bool, insecure: bool = False) -> Any:
 def push_machine(cfg: str | None, target: str, insecure: bool = False) -> int:
     """Publish the project's current snapshot at ``target`` (``registry/repo[:tag]``); print
     the manifest digest."""
-    from .oci.artifact import prepare_object, push_artifact
+    from .oci.artifact import prepare_object, push_artifact, transfer_bar
     from .oci.reference import parse_reference
     from .publish import read_lock, render_lock
     from .tasks import config_path, open_context
@@ -90,8 +90,10 @@ def push_machine(cfg: str | None, target: str, insecure: bool = False) -> int:
             annotations["io.cartesi.cmbuild.tree"] = json.dumps(extras, sort_keys=True)
         total = sum(b.desc["size"] for b in blobs)
         _say(f"pushing {len(blobs)} files ({total / 1e6:.1f} MB) to {ref.registry}/{ref.repository}")
-        digest, sent = push_artifact(client, ref.repository, ref.tag or "latest", blobs,
-                                     MACHINE_TYPE, annotations, (CONFIG_TYPE, config_bytes))
+        with transfer_bar("image ↑", total) as progress:
+            digest, sent = push_artifact(client, ref.repository, ref.tag or "latest", blobs,
+                                         MACHINE_TYPE, annotations, (CONFIG_TYPE, config_bytes),
+                                         progress)
     _say(f"pushed {ref.registry}/{ref.repository}:{ref.tag or 'latest'}@{digest} "
          f"({sent / 1e6:.1f} MB sent); template hash {rec.meta['root_hash']}")
     print(digest, flush=True)
@@ -102,7 +104,7 @@ def fetch_machine(source: str, dest: Path, insecure: bool = False) -> int:
     """Fetch a machine artifact by digest into ``dest`` (which must not exist, or be an empty
     folder), verified; print its template hash."""
     from .machines import cartesi as cm
-    from .oci.artifact import copy_tree_out, fetch_object, get_artifact
+    from .oci.artifact import copy_tree_out, fetch_object, get_artifact, transfer_bar
     from .oci.reference import parse_reference
     ref = parse_reference(source)
     if not ref.digest:
@@ -134,7 +136,8 @@ def fetch_machine(source: str, dest: Path, insecure: bool = False) -> int:
     scratch = Path(tempfile.mkdtemp(prefix=f".{dest.name}.fetch-", dir=dest.parent))
     try:
         store = Store(scratch / "store")
-        tree = fetch_object(client, ref.repository, doc, store, None, source)
+        with transfer_bar(f"{dest.name} ↓", total) as progress:
+            tree = fetch_object(client, ref.repository, doc, store, None, source, progress)
         got = cm.checked_hash(store.object_path(tree))
         if got != want:
             raise CmbuildError(f"the stored machine's root hash is {got}, the artifact says {want}",

@@ -24,14 +24,16 @@ fetched or mismatched is ever stored.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import stat
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from ..errors import CmbuildError
 from ..store import CHUNK, DIGEST_PREFIX, Store, canonical_json, sha256_bytes
@@ -157,6 +159,22 @@ def push_artifact(client: RegistryClient, repository: str, reference: str, blobs
             sent += b.desc["size"]
     digest = client.put_manifest(repository, reference, data, OCI_MANIFEST)
     return digest, sent + len(data)
+
+
+@contextlib.contextmanager
+def transfer_bar(label: str, total: int, enabled: bool = True) -> Iterator[Callable[[int], None] | None]:
+    """A progress bar on standard error for ``total`` bytes sent or received (only when that is
+    a terminal and ``enabled``): yields the callback to feed, or None."""
+    if not (enabled and sys.stderr.isatty()):
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                   TransferSpeedColumn(), console=Console(stderr=True), transient=True)
+    with bar:
+        task = bar.add_task(label, total=total)
+        yield lambda n: bar.update(task, advance=n)
 
 
 # ----- fetching ---------------------------------------------------------------------------
