@@ -42,7 +42,7 @@ import imagegen  # noqa: E402
 from run import cm_env, push, registry  # noqa: E402
 
 EXAMPLE = REPO / "examples" / "hello" / "image"
-LINE = re.compile(r"^cmbuild: ([\w-]+): (built|restored|downloaded from \S+) ", re.M)
+LINE = re.compile(r"^cmbuild: ([\w-]+): (built|restored|downloaded from \S+|found on \S+) ", re.M)
 
 
 def say(msg: str) -> None:
@@ -134,7 +134,8 @@ def build(work: Path, name: str, image_toml: str, target: str, remote: str | Non
         sys.exit(f"bench: cmbuild {target} ({name}) failed:\n{p.stderr[-3000:]}")
     verbs: dict[str, str] = {}
     for m in LINE.finditer(p.stderr):
-        verbs[m.group(1)] = m.group(2).split(" ")[0]
+        verbs[m.group(1)] = {"found": "found, not downloaded"}.get(m.group(2).split(" ")[0],
+                                                                    m.group(2).split(" ")[0])
     out = {"wall": wall, "verbs": verbs, "bytes": [(r.sent, r.received) for r in relays],
            "root": (proj / ".cartesi" / "image" / "hash").read_bytes().hex()
            if (proj / ".cartesi" / "image" / "hash").exists() else ""}

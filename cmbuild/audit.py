@@ -119,6 +119,7 @@ def audit(ctx: Context, only: str | None = None) -> bool:
     with tempfile.TemporaryDirectory(prefix="cmbuild-audit-") as tmp:
         fresh = Context(ctx.project, ctx.project_dir, Store(Path(tmp) / "store"),
                         allow_unpinned=ctx.allow_unpinned, progress=False)
+        fresh.use_remote = False   # an audit builds everything here: a remote cache proves nothing
         for name in order:
             entry = locked.get(name)
             _say(f"audit: rebuilding {name} ...")

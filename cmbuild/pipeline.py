@@ -54,6 +54,9 @@ class Stage:
     remote_extras: Callable[["Context"], list[str]] | None = None
     # (remote cache) checks an output fetched from the remote, with its metadata; raises
     check_fetched: Callable[["Context", str, dict[str, Any], str], None] | None = None
+    # (remote cache) on a hit, download the output only when a stage here reads it (an
+    # intermediate output that later stages, themselves found on the remote, never read)
+    remote_lazy: bool = False
 
 
 _IMPL: dict[str, str] = {}
@@ -178,7 +181,18 @@ class Context:
         return self._docs[name]
 
     def record(self, name: str) -> KeyRecord | None:
-        return self.store.get_key(self.key(name))
+        """The stage's record for its current key: its output in the store, or (while the
+        remote cache it names is in use) a pointer to an output the remote holds."""
+        key = self.key(name)
+        return self.store.get_key(key) or self.pointer(key)
+
+    def pointer(self, key: str) -> KeyRecord | None:
+        """A pointer record (:meth:`Store.put_pointer`) of this build's remote, or None."""
+        remote = self.remote
+        if remote is None:
+            return None
+        rec = self.store.get_pointer(key)
+        return rec if rec is not None and rec.meta["remote"].startswith(remote.spec + "@") else None
 
     def output(self, name: str) -> str:
         """The output digest of an upstream stage (which must have been built)."""
@@ -188,7 +202,31 @@ class Context:
         return rec.output
 
     def path(self, name: str) -> Path:
-        return self.store.object_path(self.output(name))
+        """The output of an upstream stage in the store (downloaded now if it was only
+        pointed to on the remote)."""
+        digest = self.output(name)
+        if not self.store.has(digest):
+            digest = self.materialize(name).output
+        return self.store.object_path(digest)
+
+    def materialize(self, name: str) -> KeyRecord:
+        """Bring the output that a pointer names into the store: from the remote, else built
+        here; it must be the output the pointer named (later keys were made from it)."""
+        key = self.key(name)
+        said = self.pointer(key) or self.store.get_pointer(key)
+        planned = self.planned
+        self.planned = frozenset({name})   # nothing else is made on the way
+        try:
+            rec = self.ensure(name, lazy=False)
+        finally:
+            self.planned = planned
+        self.store.drop_pointer(key)
+        if said is not None and rec.output != said.output:
+            raise CmbuildError(f"stage '{name}' gives {rec.output}, but the remote cache said "
+                               f"{said.output} ({said.meta.get('remote')}) and later stages were "
+                               "keyed on that", where=name,
+                               hint="run the build again: it now uses the output made here")
+        return rec
 
     def forget(self, *names: str) -> None:
         for n in names or tuple(self._keys):
@@ -223,8 +261,10 @@ class Context:
         self._offers.append((name, digest, meta))
 
     # ----- running -------------------------------------------------------------------------
-    def ensure(self, name: str) -> KeyRecord:
-        """Build a stage unless its key already has an output (holding the key's lock)."""
+    def ensure(self, name: str, lazy: bool = True) -> KeyRecord:
+        """Build a stage unless its key already has an output (holding the key's lock).
+        ``lazy``: a stage marked ``remote_lazy`` that the remote cache holds gets a pointer
+        record, not its bytes (:meth:`path` downloads them when a stage reads them)."""
         stage = self.graph[name]
         for dep in stage.deps:
             if self.record(dep) is None:
@@ -239,6 +279,10 @@ class Context:
                     rec = remote.offer(self, name, key, rec)   # built before pushing was on
                 return rec
             if remote is not None:
+                if lazy and stage.remote_lazy:
+                    rec = self.pointer(key) or remote.point(self, name, key)
+                    if rec is not None:
+                        return rec
                 rec = remote.fetch(self, name, key)
                 if rec is not None:
                     return rec

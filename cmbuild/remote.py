@@ -94,6 +94,7 @@ class RemoteCache:
     broken: str | None = None
     client: Any = None
     fetched: dict[str, int] = field(default_factory=dict)   # stage -> bytes received
+    pointed: set[str] = field(default_factory=set)   # stages found there, not downloaded
     stats: dict[str, int] = field(default_factory=lambda: {"downloaded": 0, "uploaded": 0})
 
     @classmethod
@@ -115,25 +116,60 @@ class RemoteCache:
              "here, and not using the remote again in this run")
 
     # ----- looking up -------------------------------------------------------------------
+    def _lookup(self, name: str, key: str) -> tuple[dict[str, Any], str, str, dict[str, Any]] | None:
+        """(manifest, its digest, output digest, metadata) of the artifact for ``key``, or None
+        when the remote has none; raises when it is not an artifact of this stage and key."""
+        from .oci.artifact import get_artifact
+        from .store import check_digest
+        client = self._client()
+        where = f"{self.spec}:{tag_of(key)}"
+        if client.has_manifest(self.repository, tag_of(key)) is None:
+            return None
+        doc, mdigest = get_artifact(client, self.repository, tag_of(key), STAGE_TYPE)
+        ann = doc.get("annotations") or {}
+        if ann.get(A_STAGE) != name or ann.get(A_KEY) != key:
+            raise CmbuildError(f"the artifact is for stage {ann.get(A_STAGE)!r} and key "
+                               f"{ann.get(A_KEY)!r}", where=where)
+        output = ann.get(A_OUTPUT, "")
+        check_digest(output, f"{where}: the output annotation")
+        meta = json.loads(ann.get(A_META) or "{}")
+        if not isinstance(meta, dict):
+            raise CmbuildError("bad metadata annotation", where=where)
+        return doc, mdigest, output, meta
+
+    def point(self, ctx: "Context", name: str, key: str) -> KeyRecord | None:
+        """A pointer record (:meth:`Store.put_pointer`) to the output of stage ``name`` for
+        ``key`` on the remote, without downloading it; None when the remote has none."""
+        if self.broken is not None:
+            return None
+        try:
+            found = self._lookup(name, key)
+        except RegistryUnavailable as e:
+            self._give_up("a lookup", e)
+            return None
+        except (CmbuildError, ValueError) as e:
+            _say(f"warning: remote cache: refused the output of stage '{name}': "
+                 f"{str(e).splitlines()[0]}; building it here")
+            return None
+        if found is None:
+            return None
+        _, mdigest, output, meta = found
+        rec = ctx.store.put_pointer(key, name, output, {**meta, "remote": f"{self.spec}@{mdigest}"})
+        self.pointed.add(name)
+        return rec
+
     def fetch(self, ctx: "Context", name: str, key: str) -> KeyRecord | None:
         """Adopt the output of stage ``name`` for ``key`` from the remote, or None."""
         if self.broken is not None:
             return None
-        from .oci.artifact import fetch_object, get_artifact, transfer_bar
+        from .oci.artifact import fetch_object, transfer_bar
         client = self._client()
         where = f"{self.spec}:{tag_of(key)}"
         try:
-            if client.has_manifest(self.repository, tag_of(key)) is None:
+            found = self._lookup(name, key)
+            if found is None:
                 return None
-            doc, mdigest = get_artifact(client, self.repository, tag_of(key), STAGE_TYPE)
-            ann = doc.get("annotations") or {}
-            if ann.get(A_STAGE) != name or ann.get(A_KEY) != key:
-                raise CmbuildError(f"the artifact is for stage {ann.get(A_STAGE)!r} and key "
-                                   f"{ann.get(A_KEY)!r}", where=where)
-            output = ann.get(A_OUTPUT, "")
-            meta = json.loads(ann.get(A_META) or "{}")
-            if not isinstance(meta, dict):
-                raise CmbuildError("bad metadata annotation", where=where)
+            doc, mdigest, output, meta = found
             before = _downloaded(client)
             total = sum(int(x.get("size", 0)) for x in doc.get("layers") or [])
             with transfer_bar(f"{name} ↓", total, ctx.progress) as progress:

@@ -59,8 +59,7 @@ def push_machine(cfg: str | None, target: str, insecure: bool = False) -> int:
         raise CmbuildError("push names a tag (or just a repository), not a digest: the digest "
                            "is what push prints", where=target)
     path = config_path(cfg)
-    ctx = open_context(path)
-    ctx.use_remote = False
+    ctx = open_context(path)   # (its remote cache is not asked: records only, and pointers)
     from .pipeline import NotBuilt
     try:
         rec = ctx.record("snapshot")

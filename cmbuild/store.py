@@ -152,7 +152,10 @@ class Store:
         self.keys = self.root / "keys"
         self.locks = self.root / "locks"
         self.tmp = self.root / "tmp"
-        for d in (self.objects, self.keys, self.locks, self.tmp):
+        # stage outputs a remote cache holds and nothing here has read yet (see
+        # :meth:`put_pointer`): records of their own, so that a key record always has its object
+        self.pointers = self.root / "remote-keys"
+        for d in (self.objects, self.keys, self.locks, self.tmp, self.pointers):
             d.mkdir(parents=True, exist_ok=True)
 
     # ----- objects -------------------------------------------------------------------------
@@ -308,7 +311,10 @@ class Store:
         obj = self.require(output, "stage output")
         size = obj.stat().st_size if obj.is_file() else 0
         rec = KeyRecord(stage, output, size, meta or {})
-        path = self._key_path(key)
+        self._write_record(self._key_path(key), rec)
+        return rec
+
+    def _write_record(self, path: Path, rec: KeyRecord) -> None:
         fd, name = tempfile.mkstemp(prefix="key-", dir=self.tmp)
         with os.fdopen(fd, "w") as f:
             json.dump(rec.to_json(), f, sort_keys=True, indent=1)
@@ -318,8 +324,35 @@ class Store:
         checkpoint("key: before rename")
         os.rename(name, path)
         checkpoint("key: renamed")
-        _fsync_dir(self.keys)
+        _fsync_dir(path.parent)
+
+    # ----- pointers: outputs a remote cache holds, not downloaded ------------------------
+    def _pointer_path(self, key: str) -> Path:
+        return self.pointers / (check_digest(key, "stage key") + ".json")
+
+    def put_pointer(self, key: str, stage: str, output: str, meta: dict[str, Any]) -> KeyRecord:
+        """Remember that the output of ``key`` is ``output``, held by the remote cache that
+        ``meta["remote"]`` names, without its bytes: a stage whose output only feeds the keys
+        of later stages, and whose later stages came from the remote too, is never downloaded.
+        A pointer is used only while a remote cache is in use (:meth:`get_key` never returns
+        one), and it is replaced by a key record once the output is fetched or built."""
+        check_digest(output, "stage output")
+        rec = KeyRecord(stage, output, 0, meta)
+        self._write_record(self._pointer_path(key), rec)
         return rec
+
+    def get_pointer(self, key: str) -> KeyRecord | None:
+        try:
+            doc = json.loads(self._pointer_path(key).read_text())
+            rec = KeyRecord(doc["stage"], doc["output"], 0, doc.get("meta", {}))
+            check_digest(rec.output, "stage output")
+        except (OSError, ValueError, KeyError, TypeError, CmbuildError):
+            return None
+        return rec if isinstance(rec.meta, dict) and rec.meta.get("remote") else None
+
+    def drop_pointer(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._pointer_path(key).unlink()
 
     @contextlib.contextmanager
     def key_lock(self, key: str) -> Iterator[None]:

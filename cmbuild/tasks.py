@@ -111,7 +111,7 @@ class StageCheck:
         except CmbuildError as e:
             self.reason = f"its inputs cannot be read: {e}"
             return False
-        rec = ctx.store.get_key(key)
+        rec = ctx.store.get_key(key) or ctx.pointer(key)
         locked = read_lock(ctx.project_dir).get("stages", {}).get(name)
         if rec is None:
             why = "no output in the store for its key " + key[7:19]
@@ -165,6 +165,8 @@ class StageAction:
             what = "restored"
         elif remote is not None and name in remote.fetched:
             what = f"downloaded from {remote.spec}"
+        elif remote is not None and name in remote.pointed:
+            what = f"found on {remote.spec}, not downloaded (no stage here has read it yet)"
         else:
             what = "built"
         size = ""

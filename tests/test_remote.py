@@ -79,9 +79,16 @@ def stage_lines(stderr: str) -> dict[str, str]:
     for line in stderr.splitlines():
         if line.startswith("cmbuild: ") and ": " in line[9:]:
             name, _, rest = line[9:].partition(": ")
-            if rest.split(" ")[0] in ("built", "downloaded", "restored"):
+            if rest.split(" ")[0] in ("built", "downloaded", "restored", "found"):
                 said[name] = rest
     return said
+
+
+def from_remote(said: dict[str, str]) -> bool:
+    """Every stage came from the remote: downloaded, or (unpack's tar, which only the drive
+    stages read) found there and left there."""
+    return bool(said) and all(v.startswith("downloaded") or (k == "unpack" and v.startswith("found"))
+                              for k, v in said.items())
 
 
 @pytest.fixture(scope="module")
@@ -221,12 +228,50 @@ def test_second_machine_downloads_everything_and_gets_the_same_bytes(
     p = cmbuild(proj, "build")
     assert p.returncode == 0, show(p)
     said = stage_lines(p.stderr)
+    assert said.pop("unpack").startswith(f"found on {warm_remote}, not downloaded"), said
     assert said and all(v.startswith(f"downloaded from {warm_remote}") for v in said.values()), said
     assert "unpack: layers read" not in p.stderr       # nothing was built here
     assert_same_as_reference(proj, reference, warm_remote)
+    # the canonical tar was never downloaded: the drive stages that read it came from the remote
+    lock = json.loads((proj / "cartesi.lock").read_text())
+    assert not Store(tmp_path / "cache").has(lock["stages"]["unpack"]["output"])
     # and the lock is byte-identical to the pushing machine's (both say where outputs are shared)
     again = cmbuild(proj, "build")
     assert again.returncode == 0 and not stage_lines(again.stderr), show(again)
+
+
+@pytest.mark.parametrize("remote_then", ["up", "down"])
+def test_an_output_left_on_the_remote_comes_when_a_stage_here_reads_it(
+        tmp_path: Path, pull_registry: Registry, warm_remote: str, remote_then: str) -> None:
+    repo = warm_remote.split("/", 1)[1]
+    proxy = FaultProxy(pull_registry.port)
+    try:
+        proj = project(tmp_path / "proj", tmp_path / "cache", f"{proxy.host}/{repo}")
+        p = cmbuild(proj, "build")
+        assert p.returncode == 0 and stage_lines(p.stderr)["unpack"].startswith("found"), show(p)
+        unpacked = json.loads((proj / "cartesi.lock").read_text())["stages"]["unpack"]["output"]
+        assert not Store(tmp_path / "cache").has(unpacked)
+        # a compressed app drive, which the remote has never seen: the drive is built here from
+        # the tar, which is now downloaded (or, with the remote down, made here from the layers)
+        if remote_then == "down":
+            proxy.faults.append(Fault("", "status", times=10_000, code=503, retry_after="0"))
+        with open(proj / "cartesi.toml", "a") as f:
+            f.write('\n[drives.app]\ncompression = "lz4"\n')
+        p = cmbuild(proj, "build")
+    finally:
+        proxy.close()
+    assert p.returncode == 0, show(p)
+    said = stage_lines(p.stderr)
+    assert said["squashfs"].startswith("built"), said
+    assert Store(tmp_path / "cache").verify(unpacked)             # the same tar, now here
+    assert ("unpack: layers read" in p.stderr) == (remote_then == "down"), show(p)
+    # the drive is the one a build without any remote makes
+    alone = project(tmp_path / "alone", tmp_path / "cache-alone")
+    with open(alone / "cartesi.toml", "a") as f:
+        f.write('\n[drives.app]\ncompression = "lz4"\n')
+    q = cmbuild(alone, "app")
+    assert q.returncode == 0, show(q)
+    assert (proj / ".cartesi" / "app.sqfs").read_bytes() == (alone / ".cartesi" / "app.sqfs").read_bytes()
 
 
 def test_remote_from_the_command_line_and_environment(tmp_path: Path, warm_remote: str,
@@ -287,6 +332,24 @@ def test_connection_dropped_mid_blob_resumes(tmp_path: Path, pull_registry: Regi
     assert_same_as_reference(proj, reference, f"{proxy.host}/{repo}")
 
 
+def test_audit_rebuilds_here_and_never_asks_the_remote(tmp_path: Path, pull_registry: Registry,
+                                                       warm_remote: str) -> None:
+    repo = warm_remote.split("/", 1)[1]
+    proxy = FaultProxy(pull_registry.port)
+    try:
+        proj = project(tmp_path / "proj", tmp_path / "cache", f"{proxy.host}/{repo}")
+        p = cmbuild(proj, "build")
+        assert p.returncode == 0 and from_remote(stage_lines(p.stderr)), show(p)
+        proxy.log.clear()
+        audit = cmbuild(proj, "audit")
+        asked = list(proxy.log)
+    finally:
+        proxy.close()
+    assert audit.returncode == 0, show(audit)
+    assert "audit: rebuilding runtime" in audit.stderr and "downloaded" not in audit.stderr, show(audit)
+    assert asked == [], asked     # what came from the remote is checked against a build here
+
+
 @pytest.mark.parametrize("how", ["503", "down"])
 def test_a_failing_or_absent_remote_warns_once_and_builds_here(
         tmp_path: Path, pull_registry: Registry, reference: tuple[Path, Path], how: str) -> None:
@@ -328,7 +391,7 @@ def test_remote_with_basic_auth_pushes_and_pulls_with_credentials(
     proj = project(tmp_path / "b", tmp_path / "cache-b", remote)
     p = cmbuild(proj, "build", env=creds)
     assert p.returncode == 0, show(p)
-    assert all(v.startswith("downloaded") for v in stage_lines(p.stderr).values()), show(p)
+    assert from_remote(stage_lines(p.stderr)), show(p)
     assert_same_as_reference(proj, reference, remote)
 
 
@@ -351,7 +414,7 @@ def test_two_machines_push_the_same_keys_at_once(tmp_path: Path, pull_registry: 
     assert outputs(projs[0]) == outputs(projs[1])     # same manifests: same lock, byte for byte
     proj = project(tmp_path / "c", tmp_path / "cache-c", remote)
     p = cmbuild(proj, "build")
-    assert p.returncode == 0 and all(v.startswith("downloaded") for v in stage_lines(p.stderr).values())
+    assert p.returncode == 0 and from_remote(stage_lines(p.stderr))
     assert outputs(proj) == outputs(projs[0])
 
 
@@ -376,7 +439,7 @@ def test_snapshot_shared_and_machine_pushed_and_fetched(tmp_path: Path, pull_reg
     p = cmbuild(b, "snapshot")
     assert p.returncode == 0, show(p)
     assert stage_lines(p.stderr)["snapshot"].startswith("downloaded"), show(p)
-    assert all(v.startswith("downloaded") for v in stage_lines(p.stderr).values())
+    assert from_remote(stage_lines(p.stderr))
     assert outputs(a) == outputs(b)          # .cartesi/image included: every file and mode
     image_b = b / ".cartesi" / "image"
     ram = next(image_b.glob("0000000080000000-*.bin"))

@@ -39,7 +39,7 @@ def user_db(ctx: Context) -> tuple[bytes | None, bytes | None]:
     with ctx.store.key_lock(key):
         rec = ctx.store.get_key(key)
         if rec is None:
-            passwd, group = read_user_db(ctx.store.object_path(rootfs))
+            passwd, group = read_user_db(ctx.path("unpack"))
             doc = {"passwd": None if passwd is None else passwd.decode("latin-1"),
                    "group": None if group is None else group.decode("latin-1")}
             rec = ctx.store.put_key(key, "user-db", ctx.store.add_bytes(json.dumps(doc, sort_keys=True).encode()), {})

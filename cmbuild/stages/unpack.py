@@ -115,4 +115,5 @@ def _say_times(t: dict[str, float]) -> None:
 
 def stage() -> Stage:
     return Stage("unpack", 1, ("pull",), "flatten the layers (whiteouts applied) into one canonical tar",
-                 key_doc, build, modules=("cmbuild.stages.unpack", "cmbuild.oci.flatten", "cmbuild.oci.tarutil"))
+                 key_doc, build, modules=("cmbuild.stages.unpack", "cmbuild.oci.flatten", "cmbuild.oci.tarutil"),
+                 remote_lazy=True)   # only the drive stages read the tar
