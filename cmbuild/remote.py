@@ -22,7 +22,7 @@ import json
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from . import __version__
 from .errors import CmbuildError, RegistryUnavailable
@@ -32,6 +32,7 @@ from .store import KeyRecord, Store
 if TYPE_CHECKING:
     from .pipeline import Context
 
+T = TypeVar("T")
 ENV_REMOTE = "CMBUILD_REMOTE"
 ENV_PUSH = "CMBUILD_REMOTE_PUSH"
 STAGE_TYPE = "application/vnd.cartesi.cmbuild.stage.v1"
@@ -137,20 +138,24 @@ class RemoteCache:
             raise CmbuildError("bad metadata annotation", where=where)
         return doc, mdigest, output, meta
 
-    def point(self, ctx: "Context", name: str, key: str) -> KeyRecord | None:
-        """A pointer record (:meth:`Store.put_pointer`) to the output of stage ``name`` for
-        ``key`` on the remote, without downloading it; None when the remote has none."""
+    def _safely(self, name: str, fn: Callable[[], T]) -> T | None:
+        """``fn()``, or None when the remote is out of use, fails (then it is left alone for
+        the rest of the run) or gives what does not verify (then the stage is built here)."""
         if self.broken is not None:
             return None
         try:
-            found = self._lookup(name, key)
+            return fn()
         except RegistryUnavailable as e:
             self._give_up("a lookup", e)
-            return None
         except (CmbuildError, ValueError) as e:
             _say(f"warning: remote cache: refused the output of stage '{name}': "
                  f"{str(e).splitlines()[0]}; building it here")
-            return None
+        return None
+
+    def point(self, ctx: "Context", name: str, key: str) -> KeyRecord | None:
+        """A pointer record (:meth:`Store.put_pointer`) to the output of stage ``name`` for
+        ``key`` on the remote, without downloading it; None when the remote has none."""
+        found = self._safely(name, lambda: self._lookup(name, key))
         if found is None:
             return None
         _, mdigest, output, meta = found
@@ -160,34 +165,30 @@ class RemoteCache:
 
     def fetch(self, ctx: "Context", name: str, key: str) -> KeyRecord | None:
         """Adopt the output of stage ``name`` for ``key`` from the remote, or None."""
-        if self.broken is not None:
-            return None
         from .oci.artifact import fetch_object, transfer_bar
-        client = self._client()
         where = f"{self.spec}:{tag_of(key)}"
-        try:
+
+        def get() -> tuple[str, str, dict[str, Any], int] | None:
             found = self._lookup(name, key)
             if found is None:
                 return None
             doc, mdigest, output, meta = found
+            client = self._client()
             before = _downloaded(client)
             total = sum(int(x.get("size", 0)) for x in doc.get("layers") or [])
             with transfer_bar(f"{name} ↓", total, ctx.progress) as progress:
                 got = fetch_object(client, self.repository, doc, ctx.store, output, where, progress)
-            received = _downloaded(client) - before
-            self.stats["downloaded"] += received
             check = ctx.graph[name].check_fetched
             if check is not None:
                 check(ctx, got, meta, where)
-        except RegistryUnavailable as e:
-            self._give_up("a lookup", e)
+            return got, mdigest, meta, _downloaded(client) - before
+
+        fetched = self._safely(name, get)
+        if fetched is None:
             return None
-        except (CmbuildError, ValueError) as e:
-            _say(f"warning: remote cache: refused the output of stage '{name}': "
-                 f"{str(e).splitlines()[0]}; building it here")
-            return None
-        meta = {**meta, "remote": f"{self.spec}@{mdigest}"}
-        rec = ctx.store.put_key(key, name, got, meta)
+        got, mdigest, meta, received = fetched
+        self.stats["downloaded"] += received
+        rec = ctx.store.put_key(key, name, got, {**meta, "remote": f"{self.spec}@{mdigest}"})
         self.fetched[name] = received
         return rec
 
