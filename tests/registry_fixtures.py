@@ -228,7 +228,7 @@ def pull_registry_token(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Re
     tmp = tmp_path_factory.mktemp("registry-token")
     key, cert = make_cert(tmp)
     tokens = TokenServer(key, cert, {TOKEN_USER: TOKEN_PASSWORD},
-                         {TOKEN_USER: {"bob/app", "bob/other"}})
+                         {TOKEN_USER: {"bob/app", "bob/other", "bob/cache"}})
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), tokens.handler())
     tokens.port = httpd.server_address[1]
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)

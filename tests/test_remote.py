@@ -24,7 +24,7 @@ from cmbuild.remote import STAGE_TYPE, tag_of
 from cmbuild.store import Store
 
 from registry_fixtures import (BASIC_PASSWORD, BASIC_USER, Fault, FaultProxy,  # noqa: F401
-                               Registry, free_port, isolated_docker_config)
+                               Registry, free_port, isolated_docker_config, write_docker_config)
 from test_pipeline import EXAMPLE
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("isolated_docker_config")]
@@ -393,6 +393,24 @@ def test_remote_with_basic_auth_pushes_and_pulls_with_credentials(
     assert p.returncode == 0, show(p)
     assert from_remote(stage_lines(p.stderr)), show(p)
     assert_same_as_reference(proj, reference, remote)
+
+
+def test_remote_with_token_auth_and_docker_config_credentials(
+        tmp_path: Path, pull_registry_token: Registry, reference: tuple[Path, Path],
+        isolated_docker_config: Path) -> None:
+    reg = pull_registry_token
+    write_docker_config(isolated_docker_config, reg.host, *reg.creds)
+    remote = f"{reg.host}/bob/cache"
+    shutil.copytree(reference[1], tmp_path / "cache-a")
+    a = project(tmp_path / "a", tmp_path / "cache-a", remote, push=True)
+    p = cmbuild(a, "build")
+    assert p.returncode == 0 and "pushed to" in p.stderr and "warning" not in p.stderr, show(p)
+    scopes = {i["scope"] for i in reg.token_server.issued if i["user"] == reg.creds[0]}
+    assert "repository:bob/cache:pull,push" in scopes, scopes
+    b = project(tmp_path / "b", tmp_path / "cache-b", remote)
+    p = cmbuild(b, "build")
+    assert p.returncode == 0 and from_remote(stage_lines(p.stderr)), show(p)
+    assert_same_as_reference(b, reference, remote)
 
 
 def test_two_machines_push_the_same_keys_at_once(tmp_path: Path, pull_registry: Registry,
