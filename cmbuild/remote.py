@@ -224,8 +224,11 @@ class RemoteCache:
             if isinstance(e, RegistryUnavailable):
                 self._give_up(f"pushing stage '{name}'", e)
             else:
+                # (a remote over its quota refuses every upload: one warning is enough)
+                self.push = False
                 _say(f"warning: remote cache: pushing stage '{name}' failed "
-                     f"({str(e).splitlines()[0]}); the build goes on")
+                     f"({str(e).splitlines()[0]}); not pushing again in this run; the build "
+                     "goes on")
             return rec
         _say(f"{name}: pushed to {self.spec} ({sent / 1e6:.2f} MB sent)")
         return ctx.store.put_key(key, name, rec.output, {**rec.meta, "remote": f"{self.spec}@{mdigest}"})

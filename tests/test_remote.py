@@ -375,6 +375,31 @@ def test_a_failing_or_absent_remote_warns_once_and_builds_here(
     assert_same_as_reference(proj, reference, None)
 
 
+@pytest.mark.parametrize("code", [507, 413])
+def test_a_full_remote_refuses_uploads_and_the_build_still_succeeds(
+        tmp_path: Path, pull_registry: Registry, reference: tuple[Path, Path], code: int) -> None:
+    """Lookups work, uploads are refused (507 Insufficient Storage, 413 Payload Too Large:
+    what registries over quota answer): every stage is built here and the build succeeds,
+    with warnings, and nothing half pushed is taken for pushed."""
+    proxy = FaultProxy(pull_registry.port)
+    proxy.faults.append(Fault("/blobs/uploads/", "status", times=10_000, code=code, retry_after="0"))
+    try:
+        proj = project(tmp_path / "proj", tmp_path / "cache", f"{proxy.host}/cmbuild/full-{code}",
+                       push=True)
+        p = cmbuild(proj, "build")
+    finally:
+        proxy.close()
+    assert p.returncode == 0, show(p)
+    warnings = [ln for ln in p.stderr.splitlines() if "warning: remote cache" in ln]
+    assert len(warnings) == 1 and f"HTTP {code}" in warnings[0], show(p)
+    assert "pushed to" not in p.stderr, show(p)
+    said = stage_lines(p.stderr)
+    assert said and all(v.startswith(("built", "restored")) for v in said.values()), said
+    assert_same_as_reference(proj, reference, None)
+    lock = json.loads((proj / "cartesi.lock").read_text())
+    assert not any("remote" in e for e in lock["stages"].values())   # nothing claims to be shared
+
+
 def test_remote_with_basic_auth_pushes_and_pulls_with_credentials(
         tmp_path: Path, pull_registry_basic: Registry, reference: tuple[Path, Path]) -> None:
     remote = f"{pull_registry_basic.host}/team/cache"
