@@ -25,6 +25,9 @@ GROUPS = [
     ("Crash safety and concurrency", "tests/test_faults.py", ""),
     ("Registry faults injected", "tests/test_pull_faults.py", ""),
     ("Bad configuration", "tests/test_config.py", "bad_config"),
+    ("Remote stage cache and machine artifacts: faults", "tests/test_remote.py",
+     "corrupted or dropped or failing or full or two_machines or left_on or audit or bad_remote "
+     "or snapshot_shared"),
     # with cartesi-machine on PATH (eval "$(../shared/cartesi-machine/setup)"); skipped without
     ("Failures inside the machine (real emulator)", "tests/test_cartesi_e2e.py",
      "panic or init or timeout or max_mcycle or emulator_failure or crun_failure or killed or "
