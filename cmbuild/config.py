@@ -204,6 +204,35 @@ class DriveConfig(BaseModel):
         return self
 
 
+SERVICE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,11}$")
+SERVICE_NAME_RULE = "1 to 12 lowercase letters, digits or '-', starting with a letter"
+
+
+class ServiceConfig(ImageConfig):
+    """``[services.<name>]``: a container started before the app, from its own image (named
+    exactly like ``[image]``), with its own ``config.json``; the app reaches it on 127.0.0.1."""
+
+    entrypoint: StrList | None = None
+    cmd: StrList | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    workdir: str | None = None
+    user: str | None = None
+    ready_port: int | None = Field(None, ge=1, le=65535)
+    ready_timeout: float = Field(60.0, gt=0, le=3600)
+
+    _env = field_validator("env")(MachineConfig._env.__func__)          # type: ignore[attr-defined]
+    _workdir = field_validator("workdir")(MachineConfig._workdir.__func__)  # type: ignore[attr-defined]
+
+    def image_identity(self) -> tuple[Any, ...]:
+        """What makes two images the same for the build (then they share one drive)."""
+        return image_identity(self)
+
+
+def image_identity(img: ImageConfig) -> tuple[Any, ...]:
+    return (str(img.path) if img.path else None, img.ref, img.digest, img.platform, img.insecure,
+            img.max_unpacked_size, img.mtime_clamp)
+
+
 class RollupsConfig(BaseModel):
     """``[rollups]``: the project is a rollups app (a table, even an empty one, says so)."""
 
@@ -247,6 +276,23 @@ class Project(BaseModel):
     drives: dict[str, DriveConfig] = Field(default_factory=dict)
     cache: CacheConfig = Field(default_factory=CacheConfig)
     rollups: RollupsConfig | None = None
+    services: dict[str, ServiceConfig] = Field(default_factory=dict)   # in start order
+
+    @field_validator("services")
+    @classmethod
+    def _services(cls, v: dict[str, ServiceConfig]) -> dict[str, ServiceConfig]:
+        for name in v:
+            if not SERVICE_NAME.match(name):
+                raise ValueError(f"service name {name!r}: use {SERVICE_NAME_RULE} (its drive is "
+                                 f"labelled svc-<name> in the machine)")
+        ports: dict[int, str] = {}
+        for name, svc in v.items():
+            if svc.ready_port is not None:
+                if svc.ready_port in ports:
+                    raise ValueError(f"services {ports[svc.ready_port]!r} and {name!r} both say "
+                                     f"ready_port = {svc.ready_port}: one port, one listener")
+                ports[svc.ready_port] = name
+        return v
 
     @field_validator("drives")
     @classmethod
@@ -257,6 +303,9 @@ class Project(BaseModel):
                                  "drive's label in the machine)")
             if name in ("root", "config"):
                 raise ValueError(f"drive name {name!r} is reserved ({'the runtime layer' if name == 'root' else 'the container config'})")
+            if name == "services" or name.startswith("svc-"):
+                raise ValueError(f"drive name {name!r} is reserved (services and svc-<name> are "
+                                 "the services' drives)")
             if name == "app":
                 if drive.builder not in (None, "image"):
                     raise ValueError("[drives.app] is the image's drive: its builder is \"image\"")
@@ -267,6 +316,15 @@ class Project(BaseModel):
             elif drive.mount is None:
                 raise ValueError(f"[drives.{name}] needs mount = \"<path in the container>\"")
         return v
+
+    @model_validator(mode="after")
+    def _ports(self) -> "Project":
+        if self.rollups is not None and self.rollups.server == "builtin":
+            for name, svc in self.services.items():
+                if svc.ready_port == 5004:
+                    raise ValueError(f"[services.{name}].ready_port = 5004 is the built-in "
+                                     "rollups server's port")
+        return self
 
     def app_drive(self) -> DriveConfig:
         return self.drives.get("app") or DriveConfig(builder="image")
@@ -280,8 +338,8 @@ def _loc(loc: tuple[Any, ...]) -> str:
     parts = [str(p) for p in loc if not (isinstance(p, str) and p.startswith(("function-", "literal")))]
     if not parts:
         return "(top level)"
-    if parts[0] == "drives" and len(parts) >= 2:
-        table, rest = f"drives.{parts[1]}", parts[2:]
+    if parts[0] in ("drives", "services") and len(parts) >= 2:
+        table, rest = f"{parts[0]}.{parts[1]}", parts[2:]
     elif len(parts) >= 2:
         table, rest = parts[0], parts[1:]
     elif parts[0] in Project.model_fields:
@@ -335,11 +393,11 @@ def load_project(path: Path) -> Project:
         raise CmbuildError(f"not UTF-8 text: {e}", where=str(path)) from None
     project = parse_project(text, path.name)
     base = path.parent
-    img = project.image
-    if img.path is not None and not img.path.is_absolute():
-        img.path = base / img.path
-    if img.path is not None and not img.path.exists():
-        raise CmbuildError(f"[image].path: {img.path} does not exist", where=path.name)
+    for table, img in [("image", project.image)] + [(f"services.{n}", s) for n, s in project.services.items()]:
+        if img.path is not None and not img.path.is_absolute():
+            img.path = base / img.path
+        if img.path is not None and not img.path.exists():
+            raise CmbuildError(f"[{table}].path: {img.path} does not exist", where=path.name)
     if project.machine.ram_image is not None:
         ri = project.machine.ram_image
         project.machine.ram_image = ri if ri.is_absolute() else base / ri

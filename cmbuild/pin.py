@@ -13,13 +13,14 @@ from .errors import CmbuildError
 from .store import check_digest
 
 
-def pin_config(toml_path: Path, digest: str) -> None:
-    """Set ``digest`` in the ``[image]`` table of ``toml_path``.
+def pin_config(toml_path: Path, digest: str, service: str | None = None) -> None:
+    """Set ``digest`` in the ``[image]`` table of ``toml_path`` (or ``[services.<service>]``).
 
     Only that value changes: comments, order and formatting are kept. When the key is absent
     it is added right after ``ref`` (or at the end of the table when there is no ``ref``).
     """
-    check_digest(digest, f"{toml_path}: [image].digest")
+    name = "[image]" if service is None else f"[services.{service}]"
+    check_digest(digest, f"{toml_path}: {name}.digest")
     try:
         text = Path(toml_path).read_text()
         doc = tomlkit.parse(text)
@@ -27,15 +28,15 @@ def pin_config(toml_path: Path, digest: str) -> None:
         raise CmbuildError(f"cannot read the file: {e.strerror}", where=str(toml_path)) from None
     except tomlkit.exceptions.ParseError as e:
         raise CmbuildError(f"not valid TOML: {e}", where=str(toml_path)) from None
-    image = doc.get("image")
+    image = doc.get("image") if service is None else (doc.get("services") or {}).get(service)
     if not isinstance(image, (Table, InlineTable)):
-        raise CmbuildError("there is no [image] table to pin", where=str(toml_path),
-                           hint='add [image] with ref = "registry/repository:tag"')
+        raise CmbuildError(f"there is no {name} table to pin", where=str(toml_path),
+                           hint=f'add {name} with ref = "registry/repository:tag"')
     new = tomlkit.string(digest)
     old = image.get("digest")
     if old is not None:
         if not isinstance(old, String):
-            raise CmbuildError("[image].digest must be a string", where=str(toml_path))
+            raise CmbuildError(f"{name}.digest must be a string", where=str(toml_path))
         new.trivia.indent = old.trivia.indent
         new.trivia.comment_ws = old.trivia.comment_ws
         new.trivia.comment = old.trivia.comment

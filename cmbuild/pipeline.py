@@ -57,6 +57,53 @@ class Stage:
     # (remote cache) on a hit, download the output only when a stage here reads it (an
     # intermediate output that later stages, themselves found on the remote, never read)
     remote_lazy: bool = False
+    # what the key is named after (default: the stage's name): a service's own image goes
+    # through pull, unpack and squashfs as the app's does, under the same keys
+    kind: str | None = None
+
+    @property
+    def key_name(self) -> str:
+        return self.kind or self.name
+
+
+@dataclass(frozen=True)
+class ImageUse:
+    """Which image a pull, unpack or squashfs stage works on: the app's (``[image]``) or the
+    own image of a service (``[services.<name>]``), whose stages are ``<stage>-<name>``."""
+
+    service: str | None = None
+
+    def name(self, base: str) -> str:
+        return base if self.service is None else f"{base}-{self.service}"
+
+    def image(self, project: Project) -> Any:
+        return project.image if self.service is None else project.services[self.service]
+
+    def drive(self, project: Project) -> Any:
+        from .config import DriveConfig
+        return project.app_drive() if self.service is None else DriveConfig(builder="image")
+
+    @property
+    def label(self) -> str:
+        return "app" if self.service is None else f"svc-{self.service}"
+
+    @property
+    def table(self) -> str:
+        return "[image]" if self.service is None else f"[services.{self.service}]"
+
+
+APP = ImageUse()
+
+
+def service_images(project: Project) -> dict[str, ImageUse]:
+    """The image each service runs: the app's own when it is the same image, else the first
+    service's that names it (one image, one drive), else its own."""
+    from .config import image_identity
+    seen = {image_identity(project.image): APP}
+    out = {}
+    for name, svc in project.services.items():
+        out[name] = seen.setdefault(image_identity(svc), ImageUse(name))
+    return out
 
 
 _IMPL: dict[str, str] = {}
@@ -123,11 +170,17 @@ class Graph:
 
 def project_graph(project: Project) -> Graph:
     """The stages that build ``project``, as the README's pipeline draws them."""
-    from .stages import config, drives, init, kernel, pull, rollups, runtime, snapshot, squashfs, unpack
+    from .stages import (config, drives, init, kernel, pull, rollups, runtime, services, snapshot,
+                         squashfs, unpack)
     extra = [drives.stage(name) for name in project.extra_drives()]
-    # drives in machine order: root (the runtime layer) first, then app, config, the extras
-    base = [pull.stage(), unpack.stage(), init.stage(), rollups.stage(), runtime.stage(), squashfs.stage(),
-            config.stage(), kernel.stage(), *extra]
+    own = sorted({u for u in service_images(project).values() if u.service is not None},
+                 key=lambda u: list(project.services).index(u.service))
+    images = [s for u in own for s in (pull.stage(u), unpack.stage(u))]
+    svc = ([*(squashfs.stage(u) for u in own), services.stage(project)] if project.services else [])
+    # drives in machine order: root (the runtime layer) first, then app, config, the extras,
+    # then the services' image drives and their configs
+    base = [pull.stage(), unpack.stage(), *images, init.stage(), rollups.stage(), runtime.stage(),
+            squashfs.stage(), config.stage(), kernel.stage(), *extra, *svc]
     machine = [s.name for s in base if s.drive_label is not None] + ["kernel"]
     return Graph([*base, snapshot.stage(tuple(machine))])
 
@@ -173,7 +226,7 @@ class Context:
             options, inputs = stage.key_doc(self)
             self._docs[name] = {"options": options, "inputs": inputs}
             version = f"{stage.version}+{implementation_digest(stage)}"
-            self._keys[name] = stage_key(name, version, options, inputs)
+            self._keys[name] = stage_key(stage.key_name, version, options, inputs)
         return self._keys[name]
 
     def key_inputs(self, name: str) -> dict[str, Any]:
@@ -321,8 +374,13 @@ class Context:
     def backend(self) -> str:
         return self.memo("backend", lambda: choose_backend(self.project)[0])
 
-    def image_record(self) -> dict[str, Any]:
-        return self.memo("image-record", lambda: self.store.read_json(self.output("pull")))
+    def image_record(self, use: ImageUse = APP) -> dict[str, Any]:
+        return self.memo(f"image-record:{use.service}",
+                         lambda: self.store.read_json(self.output(use.name("pull"))))
+
+    def image_config(self, use: ImageUse = APP) -> dict[str, Any]:
+        return self.memo(f"image-config:{use.service}",
+                         lambda: self.store.read_json(self.image_record(use)["config"]))
 
     def bootargs(self) -> list[str]:
         """The kernel command line words of this project's machine (after each backend's own):

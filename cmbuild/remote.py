@@ -155,7 +155,7 @@ class RemoteCache:
     def point(self, ctx: "Context", name: str, key: str) -> KeyRecord | None:
         """A pointer record (:meth:`Store.put_pointer`) to the output of stage ``name`` for
         ``key`` on the remote, without downloading it; None when the remote has none."""
-        found = self._safely(name, lambda: self._lookup(name, key))
+        found = self._safely(name, lambda: self._lookup(ctx.graph[name].key_name, key))
         if found is None:
             return None
         _, mdigest, output, meta = found
@@ -169,7 +169,7 @@ class RemoteCache:
         where = f"{self.spec}:{tag_of(key)}"
 
         def get() -> tuple[str, str, dict[str, Any], int] | None:
-            found = self._lookup(name, key)
+            found = self._lookup(ctx.graph[name].key_name, key)
             if found is None:
                 return None
             doc, mdigest, output, meta = found
@@ -203,13 +203,14 @@ class RemoteCache:
         try:
             client = self._client()
             with ctx.store.tmpdir("push-") as work:
-                blobs, kind, extras = prepare_object(ctx.store, rec.output, name, work)
+                # named by the key's stage (pull, not pull-<service>): one key, one artifact
+                blobs, kind, extras = prepare_object(ctx.store, rec.output, stage.key_name, work)
                 for digest in (stage.remote_extras(ctx) if stage.remote_extras else []):
                     from .oci.artifact import prepare_file
                     b = prepare_file(ctx.store.require(digest), f"objects/{digest}", work)
                     b.desc["annotations"][A_EXTRA] = "true"
                     blobs.append(b)
-                annotations = {A_STAGE: name, A_KEY: key, A_OUTPUT: rec.output,
+                annotations = {A_STAGE: stage.key_name, A_KEY: key, A_OUTPUT: rec.output,
                                A_INPUTS: json.dumps(ctx.key_inputs(name), sort_keys=True),
                                A_META: json.dumps(rec.meta, sort_keys=True),
                                A_VERSION: __version__, "io.cartesi.cmbuild.kind": kind}

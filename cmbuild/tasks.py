@@ -345,18 +345,20 @@ def hash_action(ctx: Context, json_out: bool) -> Any:
 
 
 def lock_action(ctx: Context, cfg: Path) -> Any:
-    img = ctx.project.image
-    if img.ref is None or img.path is not None:
+    images = [(None, ctx.project.image), *ctx.project.services.items()]
+    todo = [(name, img) for name, img in images if img.ref is not None and img.path is None]
+    if not todo:
         return TaskFailed("lock: [image].ref names no registry image to pin (local sources are "
                           "pinned by their content already)")
-    try:
-        from .oci.pull import resolve_digest
-        from .pin import pin_config
-        digest = resolve_digest(img.ref, img.platform, img.insecure)
-        pin_config(cfg, digest)
-    except CmbuildError as e:
-        return TaskFailed(f"lock: {e}")
-    _say(f"pinned {img.ref} to {digest} in {cfg.name}")
+    for name, img in todo:
+        try:
+            from .oci.pull import resolve_digest
+            from .pin import pin_config
+            digest = resolve_digest(img.ref, img.platform, img.insecure)
+            pin_config(cfg, digest, name)
+        except CmbuildError as e:
+            return TaskFailed(f"lock: {e}")
+        _say(f"pinned {img.ref} to {digest} in {cfg.name}" + (f" ([services.{name}])" if name else ""))
     return None
 
 

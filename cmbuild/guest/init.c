@@ -117,6 +117,7 @@ enum {
     E_WAIT = 109,
     E_CRUN = 110,
     E_ROLLUPS = 111,
+    E_SERVICE = 112,
 };
 
 enum machine { M_UNKNOWN, M_CARTESI, M_QEMU };
@@ -128,6 +129,24 @@ static int no_overlay = 0; /* cmbuild.overlay=0: behave as if the kernel had no 
 static int direct = 0;     /* cmbuild.direct=1: run init's arguments without crun (benchmarks) */
 static int rollups = 0;    /* cmbuild.rollups=1: start the built-in rollups server first */
 static pid_t rollups_pid = -1;
+
+/* The services ([services.<name>]): read from the services drive, started before the app. */
+#define MAX_SERVICES 16
+#define SERVICES_DIR "/run/drives/services"
+#define SERVICE_GRACE_MS 3000
+struct service {
+    char name[16];
+    char label[24];
+    int port;         /* ready when it accepts connections on 127.0.0.1:port; 0: when started */
+    long timeout_ms;  /* for ready_port */
+    pid_t crun;       /* its crun run, while it runs */
+    pid_t prefixer;   /* the child that prefixes its console lines */
+};
+static struct service services[MAX_SERVICES];
+static int n_services = 0;
+static enum fstype app_fs = FS_UNKNOWN; /* the app drive's file system (a service may share it) */
+
+static void drain(struct service *sv);
 
 #define CRUN "/usr/bin/crun"
 #define BUSYBOX "/bin/busybox"
@@ -574,49 +593,63 @@ static void read_config(void)
         failf(E_BUNDLE, errno, "copy the config drive %s to /run/bundle/config.json", dev);
 }
 
-static void prepare_bundle(enum fstype app_type, int app_rw)
+/* Make `root` a writable container root over the read-only tree `lower` (a drive of file
+   system `type` mounted at `lower`, writable when `rw`): overlayfs with its upper and work
+   directories on a tmpfs at `ovdir`; else the drive itself when it is a writable ext2; else
+   `lower` with tmpfs on its /tmp and /run. `who` prefixes the messages ("" for the app);
+   `drive` names the drive in them. */
+static void writable_root(const char *lower, const char *root, const char *ovdir,
+                          enum fstype type, int rw, const char *who, const char *drive)
 {
-    const char *root = "/run/bundle/rootfs";
+    char path[512], opts[1024];
     if (mkdir_p(root, 0755) < 0)
-        fail(E_WRITABLE, "mkdir /run/bundle/rootfs", errno);
-    read_config();
-
+        failf(E_WRITABLE, errno, "%smkdir %s", who, root);
     const char *why = no_overlay ? "cmbuild.overlay=0" : "no overlayfs in this kernel";
     if (!no_overlay && overlay_available()) {
-        if (mkdir_p("/run/overlay", 0755) < 0)
-            fail(E_WRITABLE, "mkdir /run/overlay", errno);
-        if (mount("tmpfs", "/run/overlay", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755") < 0)
-            fail(E_WRITABLE, "mount tmpfs on /run/overlay", errno);
-        if (mkdir_p("/run/overlay/upper", 0755) < 0 || mkdir_p("/run/overlay/work", 0755) < 0)
-            fail(E_WRITABLE, "mkdir /run/overlay/upper and work", errno);
-        if (mount("overlay", root, "overlay", 0,
-                  "lowerdir=/run/app,upperdir=/run/overlay/upper,"
-                  "workdir=/run/overlay/work") < 0)
-            fail(E_WRITABLE, "mount overlay on /run/bundle/rootfs", errno);
-        say("cmbuild: writable root: overlayfs (lower %s app drive, upper on tmpfs)",
-            fs_name(app_type));
+        if (mkdir_p(ovdir, 0755) < 0)
+            failf(E_WRITABLE, errno, "%smkdir %s", who, ovdir);
+        if (mount("tmpfs", ovdir, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755") < 0)
+            failf(E_WRITABLE, errno, "%smount tmpfs on %s", who, ovdir);
+        snprintf(path, sizeof path, "%s/upper", ovdir);
+        int bad = mkdir_p(path, 0755) < 0;
+        snprintf(path, sizeof path, "%s/work", ovdir);
+        if (bad || mkdir_p(path, 0755) < 0)
+            failf(E_WRITABLE, errno, "%smkdir %s/upper and work", who, ovdir);
+        snprintf(opts, sizeof opts, "lowerdir=%s,upperdir=%s/upper,workdir=%s/work", lower, ovdir,
+                 ovdir);
+        if (mount("overlay", root, "overlay", 0, opts) < 0)
+            failf(E_WRITABLE, errno, "%smount overlay on %s", who, root);
+        say("cmbuild: %swritable root: overlayfs (lower %s %s drive, upper on tmpfs)", who,
+            fs_name(type), drive);
         return;
     }
-    if (mount("/run/app", root, NULL, MS_BIND | MS_REC, NULL) < 0)
-        fail(E_WRITABLE, "bind-mount /run/app on /run/bundle/rootfs", errno);
-    if (app_type == FS_EXT && app_rw) {
-        say("cmbuild: writable root: ext2 app drive, read-write (%s)", why);
+    if (mount(lower, root, NULL, MS_BIND | MS_REC, NULL) < 0)
+        failf(E_WRITABLE, errno, "%sbind-mount %s on %s", who, lower, root);
+    if (type == FS_EXT && rw) {
+        say("cmbuild: %swritable root: ext2 %s drive, read-write (%s)", who, drive, why);
         return;
     }
     static const char *dirs[] = {"tmp", "run"};
     for (unsigned i = 0; i < 2; i++) {
-        char path[256];
         snprintf(path, sizeof path, "%s/%s", root, dirs[i]);
         if (!is_dir(path)) {
-            say("cmbuild: note: the container root has no /%s: left out", dirs[i]);
+            say("cmbuild: %snote: the container root has no /%s: left out", who, dirs[i]);
             continue;
         }
         if (mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV,
                   i == 0 ? "mode=1777" : "mode=0755") < 0)
-            failf(E_WRITABLE, errno, "mount tmpfs on %s", path);
+            failf(E_WRITABLE, errno, "%smount tmpfs on %s", who, path);
     }
-    say("cmbuild: writable root: read-only %s app drive with tmpfs on /tmp and /run (%s)",
-        fs_name(app_type), why);
+    say("cmbuild: %swritable root: read-only %s %s drive with tmpfs on /tmp and /run (%s)", who,
+        fs_name(type), drive, why);
+}
+
+static void prepare_bundle(enum fstype app_type, int app_rw)
+{
+    if (mkdir_p("/run/bundle", 0755) < 0)
+        fail(E_WRITABLE, "mkdir /run/bundle", errno);
+    read_config();
+    writable_root("/run/app", "/run/bundle/rootfs", "/run/overlay", app_type, app_rw, "", "app");
 }
 
 /* ------------------------------------------------------------------ extra drives --------- */
@@ -737,6 +770,13 @@ static int wait_child(pid_t pid, const char *what)
             int c = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
             failf(E_ROLLUPS, 0, "the rollups server ended (status %d) while %s ran", c, what);
         }
+        for (int i = 0; i < n_services && r != pid; i++)
+            if (services[i].crun == r) {
+                services[i].crun = -1;
+                drain(&services[i]);
+                failf(E_SERVICE, 0, "service %s ended (status %d) while %s ran", services[i].name,
+                      WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st), what);
+            }
         if (r != pid)
             continue;
         int code;
@@ -754,7 +794,9 @@ static int wait_child(pid_t pid, const char *what)
     }
 }
 
-static pid_t spawn(char *const argv[], char *const envp[], const char *root)
+/* Start argv (chrooted in `root` when given); with out >= 0, its standard output and error
+   go to `out` and its standard input is /dev/null. */
+static pid_t spawn_io(char *const argv[], char *const envp[], const char *root, int out)
 {
     pid_t pid = fork();
     if (pid < 0)
@@ -764,6 +806,15 @@ static pid_t spawn(char *const argv[], char *const envp[], const char *root)
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL);
         setsid();
+        if (out >= 0) {
+            int null = open("/dev/null", O_RDONLY);
+            if (null >= 0 && null != 0)
+                dup2(null, 0), close(null);
+            dup2(out, 1);
+            dup2(out, 2);
+            if (out > 2)
+                close(out);
+        }
         if (root && (chroot(root) < 0 || chdir("/") < 0)) {
             say("cmbuild: error: chroot %s: %s", root, strerror(errno));
             _exit(E_EXEC);
@@ -773,6 +824,11 @@ static pid_t spawn(char *const argv[], char *const envp[], const char *root)
         _exit(E_EXEC);
     }
     return pid;
+}
+
+static pid_t spawn(char *const argv[], char *const envp[], const char *root)
+{
+    return spawn_io(argv, envp, root, -1);
 }
 
 static char *default_env[] = {"PATH=/usr/sbin:/usr/bin:/sbin:/bin",
@@ -802,7 +858,7 @@ static void loopback_up(void)
         close(fd);
 }
 
-static int accepts_connections(void)
+static int accepts_connections(int port)
 {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0)
@@ -810,7 +866,7 @@ static int accepts_connections(void)
     struct sockaddr_in a;
     memset(&a, 0, sizeof a);
     a.sin_family = AF_INET;
-    a.sin_port = htons(ROLLUPS_PORT);
+    a.sin_port = htons(port);
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     int ok = connect(fd, (struct sockaddr *)&a, sizeof a) == 0;
     close(fd);
@@ -823,7 +879,7 @@ static void start_rollups(void)
     char *argv[] = {ROLLUPS, NULL};
     rollups_pid = spawn(argv, default_env, NULL);
     for (int i = 0; i < 1000; i++) {
-        if (accepts_connections()) {
+        if (accepts_connections(ROLLUPS_PORT)) {
             dbg("cmbuild: rollups server ready (pid %d)", (int)rollups_pid);
             return;
         }
@@ -836,6 +892,211 @@ static void start_rollups(void)
         nanosleep(&ts, NULL);
     }
     fail(E_ROLLUPS, "the rollups server did not accept connections on 127.0.0.1:5004 within 10 s", 0);
+}
+
+/* ------------------------------------------------------------------------ services ------- */
+
+static long now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1000L + ts.tv_nsec / 1000000L;
+}
+
+static void sleep_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* The services drive's services.txt: "<name> <drive label> <ready port> <timeout ms>" a line. */
+static void read_services(void)
+{
+    char buf[4096];
+    if (!is_dir(SERVICES_DIR))
+        return;
+    if (read_text(SERVICES_DIR "/services.txt", buf, sizeof buf) < 0)
+        fail(E_SERVICE, "read " SERVICES_DIR "/services.txt", errno);
+    char *save = NULL;
+    for (char *line = strtok_r(buf, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        struct service *sv = &services[n_services];
+        if (n_services == MAX_SERVICES)
+            failf(E_SERVICE, 0, "more than %d services", MAX_SERVICES);
+        if (sscanf(line, "%15s %23s %d %ld", sv->name, sv->label, &sv->port, &sv->timeout_ms) != 4 ||
+            !valid_label(sv->name) || !valid_label(sv->label))
+            failf(E_SERVICE, 0, "services.txt: bad line \"%s\"", line);
+        sv->crun = sv->prefixer = -1;
+        n_services++;
+    }
+}
+
+/* A child that copies `fd` to the console, each line prefixed with "[name] "; its pid. */
+static pid_t prefix_lines(int fd, const char *name)
+{
+    pid_t pid = fork();
+    if (pid < 0)
+        fail(E_SERVICE, "fork", errno);
+    if (pid != 0)
+        return pid;
+    char in[4096], out[4096 + 64];
+    size_t len = 0;
+    int start = 1;
+    for (;;) {
+        ssize_t r = read(fd, in, sizeof in);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            break;
+        for (ssize_t i = 0; i < r; i++) {
+            if (start) {
+                len += snprintf(out + len, sizeof out - len, "[%s] ", name);
+                start = 0;
+            }
+            out[len++] = in[i];
+            if (in[i] == '\n')
+                start = 1;
+            if (in[i] == '\n' || len > sizeof in) {
+                for (size_t off = 0; off < len;) {
+                    ssize_t w = write(STDOUT_FILENO, out + off, len - off);
+                    if (w < 0 && errno == EINTR)
+                        continue;
+                    if (w <= 0)
+                        break;
+                    off += w;
+                }
+                len = 0;
+            }
+        }
+    }
+    if (len) {
+        out[len++] = '\n';
+        if (write(STDOUT_FILENO, out, len) < 0)
+            _exit(1);
+    }
+    _exit(0);
+}
+
+static void start_service(struct service *sv)
+{
+    char dir[128], path[256], src[256], lower[128], who[64];
+    snprintf(who, sizeof who, "service %s: ", sv->name);
+    snprintf(dir, sizeof dir, "/run/svc/%s", sv->name);
+    if (mkdir_p(dir, 0755) < 0)
+        failf(E_SERVICE, errno, "%smkdir %s", who, dir);
+    snprintf(src, sizeof src, SERVICES_DIR "/%s/config.json", sv->name);
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    if (copy_file(src, path) < 0)
+        failf(E_SERVICE, errno, "%scopy %s to %s", who, src, path);
+    enum fstype type = FS_SQUASHFS;
+    if (strcmp(sv->label, "app") == 0) {
+        snprintf(lower, sizeof lower, "/run/app"); /* the app's image: never written through */
+        type = app_fs;
+    } else {
+        snprintf(lower, sizeof lower, "/run/drives/%s", sv->label);
+        if (!is_dir(lower))
+            failf(E_SERVICE, ENODEV, "%sits image's drive %s is not mounted", who, sv->label);
+    }
+    snprintf(path, sizeof path, "%s/rootfs", dir);
+    char ov[160];
+    snprintf(ov, sizeof ov, "%s/overlay", dir);
+    writable_root(lower, path, ov, type, 0, who, sv->label);
+
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) < 0)
+        failf(E_SERVICE, errno, "%spipe", who);
+    sv->prefixer = prefix_lines(fds[0], sv->name);
+    close(fds[0]);
+    char id[32], pidfile[160];
+    snprintf(id, sizeof id, "svc-%s", sv->name);
+    snprintf(pidfile, sizeof pidfile, "--pid-file=%s/pid", dir);
+    char *argv[] = {CRUN, "--cgroup-manager=disabled", "--root=/run/crun", "run", pidfile,
+                    "--bundle", dir, id, NULL};
+    sv->crun = spawn_io(argv, default_env, NULL, fds[1]);
+    close(fds[1]);
+    if (sv->port <= 0) {
+        say("cmbuild: service %s started", sv->name);
+        return;
+    }
+    long t0 = now_ms();
+    for (;;) {
+        if (accepts_connections(sv->port)) {
+            say("cmbuild: service %s ready on 127.0.0.1:%d", sv->name, sv->port);
+            return;
+        }
+        int st;
+        if (waitpid(sv->crun, &st, WNOHANG) == sv->crun) {
+            sv->crun = -1;
+            drain(sv);
+            failf(E_SERVICE, 0, "service %s ended (status %d) before it was ready on 127.0.0.1:%d",
+                  sv->name, WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st), sv->port);
+        }
+        if (now_ms() - t0 > sv->timeout_ms)
+            failf(E_SERVICE, 0, "service %s was not ready on 127.0.0.1:%d within %ld.%03ld s "
+                                "(its ready_timeout)", sv->name, sv->port, sv->timeout_ms / 1000,
+                  sv->timeout_ms % 1000);
+        sleep_ms(10);
+    }
+}
+
+static void start_services(void)
+{
+    read_services();
+    if (n_services && mkdir_p("/run/crun", 0700) < 0)
+        fail(E_SERVICE, "mkdir /run/crun", errno);
+    for (int i = 0; i < n_services; i++)
+        start_service(&services[i]);
+}
+
+/* Let the service's last console lines out (its prefixer ends once nothing holds the pipe). */
+static void drain(struct service *sv)
+{
+    long t0 = now_ms();
+    int st;
+    while (sv->prefixer > 0 && waitpid(sv->prefixer, &st, WNOHANG) == 0 && now_ms() - t0 < 1000)
+        sleep_ms(10);
+    sv->prefixer = -1;
+}
+
+static void crun_kill(const struct service *sv, const char *sig)
+{
+    char id[32];
+    snprintf(id, sizeof id, "svc-%s", sv->name);
+    char *argv[] = {CRUN, "--cgroup-manager=disabled", "--root=/run/crun", "kill", id,
+                    (char *)sig, NULL};
+    int null = open("/dev/null", O_WRONLY | O_CLOEXEC);
+    pid_t pid = spawn_io(argv, default_env, NULL, null); /* quiet: it may have ended already */
+    if (null >= 0)
+        close(null);
+    int st;
+    while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
+        ;
+}
+
+/* After the app: SIGTERM to every service still running (the last started first), SIGKILL
+   to what is left after a grace period. */
+static void stop_services(void)
+{
+    for (int i = n_services - 1; i >= 0; i--) {
+        struct service *sv = &services[i];
+        if (sv->crun <= 0)
+            continue;
+        crun_kill(sv, "TERM");
+        long t0 = now_ms();
+        int st;
+        pid_t r;
+        while ((r = waitpid(sv->crun, &st, WNOHANG)) == 0 && now_ms() - t0 < SERVICE_GRACE_MS)
+            sleep_ms(10);
+        if (r == 0) {
+            say("cmbuild: service %s did not end within %d s of SIGTERM: SIGKILL", sv->name,
+                SERVICE_GRACE_MS / 1000);
+            crun_kill(sv, "KILL");
+            while (waitpid(sv->crun, &st, 0) < 0 && errno == EINTR)
+                ;
+        }
+        sv->crun = -1;
+        drain(sv);
+        dbg("cmbuild: service %s stopped", sv->name);
+    }
 }
 
 static int run_container(void)
@@ -911,11 +1172,14 @@ int main(int argc, char **argv)
     }
     dbg("cmbuild: app drive /dev/%s (%s, %s) on /run/app", app, fs_name(app_type),
         app_rw ? "read-write" : "read-only");
+    app_fs = app_type;
     prepare_bundle(app_type, app_rw);
     mount_extra_drives();
     loopback_up();
     if (rollups)
         start_rollups();
+    start_services();
     int code = direct ? run_direct(argc, argv) : run_container();
+    stop_services();
     finish(code);
 }

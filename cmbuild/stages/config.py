@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..pipeline import Context, Stage
+from ..pipeline import APP, Context, ImageUse, Stage
 
 DRIVES_DIR = "/run/drives"   # where init mounts the extra drives (see cmbuild/guest/init.c)
 LABEL = "config"
@@ -28,18 +28,18 @@ def drive_bytes(doc: dict[str, Any]) -> bytes:
     return data + b" " * (size - len(data) - 1) + b"\n"
 
 
-def user_db(ctx: Context) -> tuple[bytes | None, bytes | None]:
+def user_db(ctx: Context, use: ImageUse = APP) -> tuple[bytes | None, bytes | None]:
     """``/etc/passwd`` and ``/etc/group`` of the image (to resolve ``user``), read from the
     flattened tree once per tree and kept in the store under that tree's digest: a change of
     ``[machine]`` does not read a large image again."""
     from ..oci.runtime_config import read_user_db
     from ..store import stage_key
-    rootfs = ctx.output("unpack")
+    rootfs = ctx.output(use.name("unpack"))
     key = stage_key("user-db", 1, {}, {"rootfs": rootfs})
     with ctx.store.key_lock(key):
         rec = ctx.store.get_key(key)
         if rec is None:
-            passwd, group = read_user_db(ctx.path("unpack"))
+            passwd, group = read_user_db(ctx.path(use.name("unpack")))
             doc = {"passwd": None if passwd is None else passwd.decode("latin-1"),
                    "group": None if group is None else group.decode("latin-1")}
             rec = ctx.store.put_key(key, "user-db", ctx.store.add_bytes(json.dumps(doc, sort_keys=True).encode()), {})
@@ -60,10 +60,8 @@ def key_doc(ctx: Context) -> tuple[Any, dict[str, Any]]:
 def runtime_config(ctx: Context, **changes: Any) -> dict[str, Any]:
     """The runtime config of this project; ``changes`` replace ``[machine]`` values
     (``cmd=[...]`` for ``cmbuild run -- CMD``, as ``docker run IMAGE CMD`` does)."""
-    from ..oci.runtime_config import Mount, Overrides, make_runtime_config
+    from ..oci.runtime_config import Mount
     m = ctx.project.machine
-    image_config = ctx.store.read_json(ctx.image_record()["config"])
-    passwd, group = ctx.memo("user-db", lambda: user_db(ctx))
     mounts = [Mount(destination=d.mount or "", source=f"{DRIVES_DIR}/{name}", type="bind",
                     options=["rbind", "rw" if d.format == "ext2" else "ro"])
               for name, d in ctx.project.extra_drives().items()]
@@ -80,8 +78,16 @@ def runtime_config(ctx: Context, **changes: Any) -> dict[str, Any]:
     values: dict[str, Any] = {"entrypoint": m.entrypoint, "cmd": m.cmd, "env": env or None,
                               "workdir": m.workdir, "user": m.user}
     values.update(changes)
-    return make_runtime_config(image_config, Overrides(**values), passwd=passwd, group=group,
-                               extra_mounts=mounts)
+    return container_config(ctx, APP, values, mounts)
+
+
+def container_config(ctx: Context, use: ImageUse, values: dict[str, Any], mounts: list[Any]) -> dict[str, Any]:
+    """The runtime config of a container of image ``use`` with the overrides ``values``
+    (entrypoint, cmd, env, workdir, user) and extra ``mounts``."""
+    from ..oci.runtime_config import Overrides, make_runtime_config
+    passwd, group = ctx.memo(f"user-db:{use.service}", lambda: user_db(ctx, use))
+    return make_runtime_config(ctx.image_config(use), Overrides(**values), passwd=passwd,
+                               group=group, extra_mounts=mounts)
 
 
 def build(ctx: Context) -> tuple[str, dict[str, Any]]:

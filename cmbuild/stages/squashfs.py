@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import drives
-from ..pipeline import Context, Stage
+from ..pipeline import APP, Context, ImageUse, Stage
 
 if TYPE_CHECKING:
     from ..tarstream import Entries
@@ -25,36 +25,35 @@ if TYPE_CHECKING:
 LABEL = "app"
 
 
-def mount_points(ctx: Context) -> list[str]:
+def mount_points(ctx: Context, use: ImageUse = APP) -> list[str]:
     """The directories every container of this image mounts on (added when missing)."""
     from ..oci.runtime_config import image_mount_points
-    image_config = ctx.memo("image-config", lambda: ctx.store.read_json(ctx.image_record()["config"]))
-    return image_mount_points(image_config)
+    return image_mount_points(ctx.image_config(use))
 
 
-def key_doc(ctx: Context) -> tuple[Any, dict[str, Any]]:
-    d = ctx.project.app_drive()
+def key_doc(ctx: Context, use: ImageUse = APP) -> tuple[Any, dict[str, Any]]:
+    d = use.drive(ctx.project)
     return ({"format": d.format, "compression": d.compression, "extra_size": d.extra_size,
              "size": d.size},
-            {"rootfs": ctx.output("unpack"), "mount_points": mount_points(ctx)})
+            {"rootfs": ctx.output(use.name("unpack")), "mount_points": mount_points(ctx, use)})
 
 
-def streams(ctx: Context) -> bool:
+def streams(ctx: Context, use: ImageUse = APP) -> bool:
     """Whether the drive is made from a stream of the tree (squashfs), so that the unpack
     stage can make it from its own tree while it writes the canonical tar (an ext2 drive
     needs a tar file first)."""
-    return ctx.project.app_drive().format == "squashfs"
+    return use.drive(ctx.project).format == "squashfs"
 
 
-def write_squashfs(ctx: Context, entries: Entries, img: Path) -> dict[str, Any]:
+def write_squashfs(ctx: Context, entries: Entries, img: Path, use: ImageUse = APP) -> dict[str, Any]:
     """Make the squashfs drive at ``img`` from the entries of the image's canonical tree;
     returns the stage's metadata. The entries are streamed into mksquashfs/tar2sqfs (no copy
     on disk) with the mount points added, in the order that 8-byte aligns the data of nearly
     every program and library (an uncompressed drive holds file data in tar order; see
     :func:`cmbuild.tarstream.write_tree`)."""
     from ..tarstream import write_tree
-    d = ctx.project.app_drive()
-    wanted = mount_points(ctx)
+    d = use.drive(ctx.project)
+    wanted = mount_points(ctx, use)
     added: list[bytes] = []
     drives.squashfs_from_writer(
         lambda f: added.extend(write_tree(entries, f, mount_points=wanted,
@@ -63,32 +62,33 @@ def write_squashfs(ctx: Context, entries: Entries, img: Path) -> dict[str, Any]:
     return {"format": d.format, "added": [m.decode() for m in added]}
 
 
-def build(ctx: Context) -> tuple[str, dict[str, Any]]:
+def build(ctx: Context, use: ImageUse = APP) -> tuple[str, dict[str, Any]]:
     from ..tarstream import copy_tar, missing_dirs, tar_entries
-    d = ctx.project.app_drive()
-    rootfs = ctx.path("unpack")
+    d = use.drive(ctx.project)
+    rootfs = ctx.path(use.name("unpack"))
     with ctx.store.tmpdir("app-") as tmp:
         img = tmp / "app.img"
-        if streams(ctx):
+        if streams(ctx, use):
             with tar_entries(rootfs) as entries:
-                meta = write_squashfs(ctx, entries, img)
+                meta = write_squashfs(ctx, entries, img, use)
         else:
-            wanted = mount_points(ctx)
+            wanted = mount_points(ctx, use)
             tar_path = tmp / "rootfs.tar"
             with open(tar_path, "wb") as f:
                 copy_tar(rootfs, f, mount_points=wanted)
-            drives.make_drive(tar_path, img, d.format, d.compression, d.extra_size, label=LABEL,
+            drives.make_drive(tar_path, img, d.format, d.compression, d.extra_size, label=use.label,
                               size=d.size)
             meta = {"format": d.format, "added": [m.decode() for m in missing_dirs(rootfs, wanted)]}
         digest = ctx.store.adopt(img)
     return digest, meta
 
 
-def stage() -> Stage:
-    return Stage("squashfs", 2, ("pull", "unpack"),
-                 "the image's drive (app): its root file system as squashfs (or ext2)",
-                 key_doc, build,
-                 lambda ctx: "app." + drives.EXTENSIONS[ctx.project.app_drive().format],
+def stage(use: ImageUse = APP) -> Stage:
+    return Stage(use.name("squashfs"), 2, (use.name("pull"), use.name("unpack")),
+                 f"the image's drive ({use.label}): its root file system as squashfs (or ext2)",
+                 lambda ctx: key_doc(ctx, use), lambda ctx: build(ctx, use),
+                 lambda ctx: use.label + "." + drives.EXTENSIONS[use.drive(ctx.project).format],
                  ("cmbuild.stages.squashfs", "cmbuild.tarstream", "cmbuild.drives", "cmbuild.oci.tarutil",
                   "cmbuild.oci.flatten"),   # flatten: the unpack stage makes the drive from its tree
-                 drive_label=LABEL, read_only=lambda ctx: ctx.project.app_drive().format != "ext2")
+                 drive_label=use.label, read_only=lambda ctx: use.drive(ctx.project).format != "ext2",
+                 kind="squashfs")

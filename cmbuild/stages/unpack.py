@@ -16,16 +16,16 @@ import threading
 import time
 from typing import Any, Callable, TypeVar
 
-from ..pipeline import Context, Stage
+from ..pipeline import APP, Context, ImageUse, Stage
 from . import squashfs
 
 T = TypeVar("T")
 U = TypeVar("U")
 
 
-def key_doc(ctx: Context) -> tuple[Any, dict[str, Any]]:
-    rec = ctx.image_record()
-    img = ctx.project.image
+def key_doc(ctx: Context, use: ImageUse = APP) -> tuple[Any, dict[str, Any]]:
+    rec = ctx.image_record(use)
+    img = use.image(ctx.project)
     layers = [{"digest": layer["digest"], "mediaType": layer.get("mediaType", "")} for layer in rec["layers"]]
     return ({"max_unpacked_size": img.max_unpacked_size, "mtime_clamp": img.mtime_clamp},
             {"layers": layers})
@@ -64,16 +64,17 @@ def _timed(fn: Callable[[], T], into: dict[str, float], name: str) -> Callable[[
     return run
 
 
-def build(ctx: Context) -> tuple[str, dict[str, Any]]:
+def build(ctx: Context, use: ImageUse = APP) -> tuple[str, dict[str, Any]]:
     from ..oci.flatten import Flattened, LayerInput, read_layers, write_canonical
     from . import pull
-    img = ctx.project.image
-    if any(not ctx.store.has(layer["digest"]) for layer in ctx.image_record()["layers"]):
-        pull.fetch_layers(ctx)   # the pull's record came from a remote cache, its layers did not
+    img = use.image(ctx.project)
+    if any(not ctx.store.has(layer["digest"]) for layer in ctx.image_record(use)["layers"]):
+        pull.fetch_layers(ctx, use)   # the pull's record came from a remote cache, its layers did not
     layers = [LayerInput(path=ctx.store.require(layer["digest"], "layer"), digest=layer["digest"],
                          media_type=layer["mediaType"])
-              for layer in ctx.key_inputs("unpack")["inputs"]["layers"]]
-    drive_too = ctx.plans("squashfs") and squashfs.streams(ctx)
+              for layer in ctx.key_inputs(use.name("unpack"))["inputs"]["layers"]]
+    drive_too = use.name("squashfs") in ctx.graph and ctx.plans(use.name("squashfs")) and \
+        squashfs.streams(ctx, use)
     times: dict[str, float] = {}
     t0 = time.monotonic()
     with ctx.store.tmpdir("unpack-") as scratch, \
@@ -87,33 +88,36 @@ def build(ctx: Context) -> tuple[str, dict[str, Any]]:
             return w.digest, stats
 
         def store_drive(flat: Flattened = flat) -> tuple[str, dict[str, Any]]:
-            meta = squashfs.write_squashfs(ctx, flat.entries, scratch / "app.img")
+            meta = squashfs.write_squashfs(ctx, flat.entries, scratch / "app.img", use)
             return ctx.store.adopt(scratch / "app.img"), meta
 
         if drive_too:
             (digest, stats), drive = side_by_side(_timed(store_tar, times, "tar"),
                                                   _timed(store_drive, times, "drive"))
-            ctx.offer("squashfs", *drive)
+            ctx.offer(use.name("squashfs"), *drive)
         else:
             digest, stats = _timed(store_tar, times, "tar")()
     for tar in ctx.inflated.values():   # the pull's inflated layers are not needed any more
         tar.unlink(missing_ok=True)
     ctx.inflated.clear()
     times["total"] = time.monotonic() - t0
-    _say_times(times)
+    _say_times(times, use)
     return digest, {k: v for k, v in vars(stats).items() if isinstance(v, int)}
 
 
-def _say_times(t: dict[str, float]) -> None:
+def _say_times(t: dict[str, float], use: ImageUse = APP) -> None:
     """Where the stage's time went (the benchmarks read this line)."""
     parts = [f"layers read {t['layers']:.2f} s", f"canonical tar stored {t['tar']:.2f} s"]
     if "drive" in t:
         parts.append(f"app drive stored beside it {t['drive']:.2f} s")
     parts.append(f"total {t['total']:.2f} s")
-    print("cmbuild: unpack: " + "; ".join(parts), file=sys.stderr, flush=True)
+    print(f"cmbuild: {use.name('unpack')}: " + "; ".join(parts), file=sys.stderr, flush=True)
 
 
-def stage() -> Stage:
-    return Stage("unpack", 1, ("pull",), "flatten the layers (whiteouts applied) into one canonical tar",
-                 key_doc, build, modules=("cmbuild.stages.unpack", "cmbuild.oci.flatten", "cmbuild.oci.tarutil"),
-                 remote_lazy=True)   # only the drive stages read the tar
+def stage(use: ImageUse = APP) -> Stage:
+    return Stage(use.name("unpack"), 1, (use.name("pull"),),
+                 "flatten the layers (whiteouts applied) into one canonical tar",
+                 lambda ctx: key_doc(ctx, use), lambda ctx: build(ctx, use),
+                 modules=("cmbuild.stages.unpack", "cmbuild.oci.flatten", "cmbuild.oci.tarutil"),
+                 remote_lazy=True,   # only the drive stages read the tar
+                 kind="unpack")
