@@ -50,6 +50,16 @@
  *   /run/drives/<label>      every other labelled drive (not root, not app)
  *   /run/crun                crun's state directory
  *
+ * Services (a drive labelled "services", mounted at /run/drives/services: services.txt lists
+ * "<name> <drive label> <ready port> <timeout ms>" a line, in start order, and <name>/
+ * config.json is each one's runtime config): before the app, each is started in order with
+ *   crun ... run --bundle /run/svc/<name> svc-<name>
+ * over a writable root made like the app's from its image's drive (/run/app for label app,
+ * else /run/drives/<label>), its output prefixed "[<name>] " on the console; init waits until
+ * it accepts connections on 127.0.0.1:<ready port> (when not 0). A service that ends before
+ * the app ends the machine (112). When the app ends: crun kill TERM to each service (the last
+ * started first), KILL after 3 s.
+ *
  * Then: /usr/bin/crun --cgroup-manager=disabled --root=/run/crun run --bundle /run/bundle cmbuild
  *
  * How the machine ends (the container's exit code N; killed by signal S: N = 128+S):
@@ -75,6 +85,8 @@
  *        pid file, which crun writes only once the container is set up.
  *   111  the rollups server (cmbuild.rollups=1) could not be started, did not accept
  *        connections in time, or ended while the container ran
+ *   112  a service (the services drive) could not be started, was not ready on its
+ *        ready_port within its ready_timeout, or ended before the app did
  * The boot shim (shim.c, QEMU only) uses 120-123. A container may itself exit with any of these
  * numbers; the "cmbuild: error:" line on the console tells them apart.
  */

@@ -7,7 +7,7 @@ bare ``Halted`` and exit status 0, exactly like a clean power-off. So every back
 console through a :class:`Console`, and :func:`judge` turns what it saw, plus how the machine
 stopped, into an :class:`Outcome`: the exit code cmbuild ends with and the words that explain it.
 
-Host-side exit codes (the container's own are 0-255, init's failures 100-110, see docs/guest.md):
+Host-side exit codes (the container's own are 0-255, init's failures 100-112, see docs/guest.md):
 
 - ``124``: the machine did not end within ``[machine].timeout`` and was stopped;
 - ``125``: the machine ended without init's report (panic, init never started or died, the
@@ -40,6 +40,8 @@ INIT_FAILURES = {
     109: "init: waiting for crun failed",
     110: "crun could not create the container (the container's process never ran)",
     111: "init: the rollups server could not be started or ended while the container ran",
+    112: "init: a service ([services.<name>]) could not be started, was not ready in time, "
+         "or ended before the app",
     120: "boot shim (qemu): devtmpfs, proc or sysfs could not be mounted",
     121: "boot shim (qemu): a kernel module could not be loaded",
     122: "boot shim (qemu): no drive labelled root appeared",
