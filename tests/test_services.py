@@ -237,3 +237,45 @@ def test_a_service_path_that_does_not_exist(tmp_path: Path, cache: Path) -> None
     proj = project(tmp_path / "p", cache, "qemu", "true", '[services.web]\npath = "nowhere"\n')
     p = cmbuild(proj, "build")
     assert p.returncode != 0 and "[services.web].path:" in p.stderr and "does not exist" in p.stderr
+
+
+# ----- with rollups -------------------------------------------------------------------------------
+
+ROLLUPS_APP = r"""B=/usr/bin/busybox
+U=http://127.0.0.1:5004
+while true; do
+  R=$($B wget -qO- --header 'Content-Type: application/json' --post-data '{"status":"accept"}' $U/finish)
+  case "$R" in
+    *advance_state*|*inspect_state*)
+      V=$($B wget -qO- http://127.0.0.1:8080/)
+      H=$(printf %s "$V" | $B od -An -tx1 | $B tr -d ' \n')
+      $B wget -qO- --header 'Content-Type: application/json' --post-data "{\"payload\":\"0x$H\"}" $U/report >/dev/null;;
+  esac
+done
+"""
+
+
+@pytest.mark.cartesi
+@pytest.mark.skipif(not HAS_CM, reason="cartesi-machine (v0.21.0) and its kernel are not installed; "
+                                       "its output is never faked")
+def test_a_rollups_template_holds_its_services_running(tmp_path: Path, cache: Path) -> None:
+    """The service is up before the app asks for its first input, so the template snapshot
+    holds it running: an advance from the template reaches it (the app, a shell loop over the
+    built-in server's HTTP API, reports what the service answers)."""
+    scripts = tmp_path / "scripts"
+    scripts.mkdir()
+    (scripts / "app.sh").write_text(ROLLUPS_APP)
+    proj = project(tmp_path / "p", cache, "cartesi", "", service("web", HTTPD, extra='ready_port = 8080\nuser = "root"'))
+    text = (proj / "cartesi.toml").read_text().replace(
+        f'entrypoint = {toml_list([BB, "sh", "-c", ""])}', f'entrypoint = {toml_list([BB, "sh", "/scripts/app.sh"])}')
+    text = text.replace("[cache]", f'[rollups]\n\n[drives.scripts]\nbuilder = "directory"\n'
+                                   f'directory = "{scripts}"\nmount = "/scripts"\n\n[cache]')
+    (proj / "cartesi.toml").write_text(text)
+    p = cmbuild(proj, "snapshot")
+    assert p.returncode == 0, show(p)
+    err = p.stderr            # the machine's console, then the emulator's report
+    assert err.index("cmbuild: service web ready on 127.0.0.1:8080") < err.index("Manual yield rx-accepted"), show(p)
+    r = cmbuild(proj, "advance", "--json", "--text", "hi")
+    assert r.returncode == 0, show(r)
+    doc = json.loads(r.stdout)
+    assert doc["status"] == "accepted" and doc["reports"] == ["0x" + b"hello-from-web pid=1".hex()], doc
