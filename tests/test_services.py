@@ -279,3 +279,39 @@ def test_a_rollups_template_holds_its_services_running(tmp_path: Path, cache: Pa
     assert r.returncode == 0, show(r)
     doc = json.loads(r.stdout)
     assert doc["status"] == "accepted" and doc["reports"] == ["0x" + b"hello-from-web pid=1".hex()], doc
+
+
+# ----- a real server from Debian's packages -------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def redis_image(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """redis-server 8 from Debian trixie's riscv64 packages (tests/redis/build.py)."""
+    try:
+        store = Path(request.config.cache.mkdir("cmbuild-debs"))
+    except AttributeError:
+        store = tmp_path_factory.mktemp("debs")
+    out = tmp_path_factory.mktemp("redis") / "image"
+    p = subprocess.run([sys.executable, str(Path(__file__).parent / "redis" / "build.py"), str(out),
+                        "--store", str(store)], capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stdout + p.stderr
+    return out
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_redis_from_debian_as_a_service(tmp_path: Path, cache: Path, backend: str, redis_image: Path) -> None:
+    """The app (busybox, no Redis client in its image) writes a value and reads it back over
+    RESP on 127.0.0.1:6379."""
+    app = r"printf 'SET greeting hello-from-redis\r\nGET greeting\r\nQUIT\r\n' | busybox nc 127.0.0.1 6379"
+    proj = project(tmp_path / "p", cache, backend, app,
+                   f'[services.redis]\npath = "{redis_image}"\nref = "latest"\nready_port = 6379\n'
+                   'ready_timeout = 120\n')
+    p = cmbuild(proj, "run")
+    assert p.returncode == 0, show(p)
+    # (a console may turn the "\r\n" of RESP into two line ends: blank lines are left out)
+    lines = [ln.rstrip("\r") for ln in p.stdout.splitlines() if ln.strip()]
+    assert lines.index("cmbuild: service redis ready on 127.0.0.1:6379") < lines.index("+OK"), show(p)
+    assert lines[lines.index("+OK") + 1:lines.index("+OK") + 4] == ["$16", "hello-from-redis", "+OK"], show(p)
+    assert any(ln.startswith("[redis] ") and "Ready to accept connections" in ln for ln in lines), show(p)
+    # redis handles SIGTERM: it shuts down cleanly within the grace period, no SIGKILL
+    assert any(ln.startswith("[redis] ") and "Received SIGTERM" in ln for ln in lines), show(p)
+    assert not any("SIGKILL" in ln for ln in lines), show(p)
