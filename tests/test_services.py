@@ -97,7 +97,7 @@ def test_httpd_service_and_an_app_of_the_same_image(tmp_path: Path, cache: Path,
     app = ("busybox wget -qO- http://127.0.0.1:8080/ && "
            "if [ -e /tmp/www/index.html ]; then echo shared-root; else echo own-root; fi; exit 7")
     proj = project(tmp_path / "p", cache, backend, app,
-                   service("web", HTTPD, extra="ready_port = 8080\nuser = \"root\""))
+                   service("web", HTTPD, extra="ready_port = 8080\nuser = \"root\"\nstop_timeout = 0.5"))
     p = cmbuild(proj, "run")
     assert p.returncode == 7, show(p)
     lines = p.stdout.splitlines()
@@ -106,8 +106,8 @@ def test_httpd_service_and_an_app_of_the_same_image(tmp_path: Path, cache: Path,
     assert lines.index("hello-from-web pid=1") > ready and "own-root" in lines, show(p)
     assert "cmbuild: service web: writable root: overlayfs (lower squashfs app drive, upper on tmpfs)" in lines
     assert "the container exited with code 7" in p.stderr
-    # httpd, PID 1 of its namespace, ignores SIGTERM: it was killed after the grace period
-    assert "cmbuild: service web did not end within 3 s of SIGTERM: SIGKILL" in lines
+    # httpd, PID 1 of its namespace, ignores SIGTERM: it was killed after its stop_timeout
+    assert "cmbuild: service web did not end within 0.500 s of SIGTERM: SIGKILL" in lines
     assert not (proj / ".cartesi" / "svc-web.sqfs").exists()          # the app's drive serves
     assert (proj / ".cartesi" / "services.sqfs").is_file()
 

@@ -51,14 +51,14 @@
  *   /run/crun                crun's state directory
  *
  * Services (a drive labelled "services", mounted at /run/drives/services: services.txt lists
- * "<name> <drive label> <ready port> <timeout ms>" a line, in start order, and <name>/
+ * "<name> <drive label> <ready port> <timeout ms> <stop ms>" a line, in start order, and <name>/
  * config.json is each one's runtime config): before the app, each is started in order with
  *   crun ... run --bundle /run/svc/<name> svc-<name>
  * over a writable root made like the app's from its image's drive (/run/app for label app,
  * else /run/drives/<label>), its output prefixed "[<name>] " on the console; init waits until
  * it accepts connections on 127.0.0.1:<ready port> (when not 0). A service that ends before
- * the app ends the machine (112). When the app ends: crun kill TERM to each service (the last
- * started first), KILL after 3 s.
+ * the app ends the machine (112). When the app ends: SIGTERM to each service's process (the
+ * last started first; its pid from crun's pid file), SIGKILL after its stop timeout.
  *
  * Then: /usr/bin/crun --cgroup-manager=disabled --root=/run/crun run --bundle /run/bundle cmbuild
  *
@@ -145,12 +145,12 @@ static pid_t rollups_pid = -1;
 /* The services ([services.<name>]): read from the services drive, started before the app. */
 #define MAX_SERVICES 16
 #define SERVICES_DIR "/run/drives/services"
-#define SERVICE_GRACE_MS 3000
 struct service {
     char name[16];
     char label[24];
     int port;         /* ready when it accepts connections on 127.0.0.1:port; 0: when started */
     long timeout_ms;  /* for ready_port */
+    long stop_ms;     /* after the app: SIGTERM, then SIGKILL after this long */
     pid_t crun;       /* its crun run, while it runs */
     pid_t prefixer;   /* the child that prefixes its console lines */
 };
@@ -159,6 +159,7 @@ static int n_services = 0;
 static enum fstype app_fs = FS_UNKNOWN; /* the app drive's file system (a service may share it) */
 
 static void drain(struct service *sv);
+static void crun_kill(const struct service *sv, const char *sig);
 
 #define CRUN "/usr/bin/crun"
 #define BUSYBOX "/bin/busybox"
@@ -921,7 +922,8 @@ static void sleep_ms(long ms)
     nanosleep(&ts, NULL);
 }
 
-/* The services drive's services.txt: "<name> <drive label> <ready port> <timeout ms>" a line. */
+/* The services drive's services.txt, a line each:
+   "<name> <drive label> <ready port> <ready timeout ms> <stop timeout ms>". */
 static void read_services(void)
 {
     char buf[4096];
@@ -934,7 +936,8 @@ static void read_services(void)
         struct service *sv = &services[n_services];
         if (n_services == MAX_SERVICES)
             failf(E_SERVICE, 0, "more than %d services", MAX_SERVICES);
-        if (sscanf(line, "%15s %23s %d %ld", sv->name, sv->label, &sv->port, &sv->timeout_ms) != 4 ||
+        if (sscanf(line, "%15s %23s %d %ld %ld", sv->name, sv->label, &sv->port, &sv->timeout_ms,
+                   &sv->stop_ms) != 5 ||
             !valid_label(sv->name) || !valid_label(sv->label))
             failf(E_SERVICE, 0, "services.txt: bad line \"%s\"", line);
         sv->crun = sv->prefixer = -1;
@@ -942,14 +945,17 @@ static void read_services(void)
     }
 }
 
-/* A child that copies `fd` to the console, each line prefixed with "[name] "; its pid. */
-static pid_t prefix_lines(int fd, const char *name)
+/* A child that copies the pipe `fd` to the console, each line prefixed with "[name] "; its
+   pid. It ends when every writer has closed the pipe (it closes `writer`, its own copy of the
+   write end, first). */
+static pid_t prefix_lines(int fd, int writer, const char *name)
 {
     pid_t pid = fork();
     if (pid < 0)
         fail(E_SERVICE, "fork", errno);
     if (pid != 0)
         return pid;
+    close(writer);
     char in[4096], out[4096 + 64];
     size_t len = 0;
     int start = 1;
@@ -1016,7 +1022,7 @@ static void start_service(struct service *sv)
     int fds[2];
     if (pipe2(fds, O_CLOEXEC) < 0)
         failf(E_SERVICE, errno, "%spipe", who);
-    sv->prefixer = prefix_lines(fds[0], sv->name);
+    sv->prefixer = prefix_lines(fds[0], fds[1], sv->name);
     close(fds[0]);
     char id[32], pidfile[160];
     snprintf(id, sizeof id, "svc-%s", sv->name);
@@ -1069,6 +1075,22 @@ static void drain(struct service *sv)
     sv->prefixer = -1;
 }
 
+/* Signal the service's container process (its pid, in init's namespace, from crun's pid
+   file); crun kill only when the pid file cannot be read. */
+static void signal_service(const struct service *sv, int sig)
+{
+    char path[160], buf[32];
+    snprintf(path, sizeof path, "/run/svc/%s/pid", sv->name);
+    if (read_text(path, buf, sizeof buf) > 0) {
+        long pid = strtol(buf, NULL, 10);
+        if (pid > 1 && kill((pid_t)pid, sig) == 0)
+            return;
+        if (pid > 1 && errno == ESRCH)
+            return; /* already gone */
+    }
+    crun_kill(sv, sig == SIGKILL ? "KILL" : "TERM");
+}
+
 static void crun_kill(const struct service *sv, const char *sig)
 {
     char id[32];
@@ -1085,23 +1107,23 @@ static void crun_kill(const struct service *sv, const char *sig)
 }
 
 /* After the app: SIGTERM to every service still running (the last started first), SIGKILL
-   to what is left after a grace period. */
+   to what is left after its stop timeout. */
 static void stop_services(void)
 {
     for (int i = n_services - 1; i >= 0; i--) {
         struct service *sv = &services[i];
         if (sv->crun <= 0)
             continue;
-        crun_kill(sv, "TERM");
+        signal_service(sv, SIGTERM);
         long t0 = now_ms();
         int st;
         pid_t r;
-        while ((r = waitpid(sv->crun, &st, WNOHANG)) == 0 && now_ms() - t0 < SERVICE_GRACE_MS)
+        while ((r = waitpid(sv->crun, &st, WNOHANG)) == 0 && now_ms() - t0 < sv->stop_ms)
             sleep_ms(10);
         if (r == 0) {
-            say("cmbuild: service %s did not end within %d s of SIGTERM: SIGKILL", sv->name,
-                SERVICE_GRACE_MS / 1000);
-            crun_kill(sv, "KILL");
+            say("cmbuild: service %s did not end within %ld.%03ld s of SIGTERM: SIGKILL",
+                sv->name, sv->stop_ms / 1000, sv->stop_ms % 1000);
+            signal_service(sv, SIGKILL);
             while (waitpid(sv->crun, &st, 0) < 0 && errno == EINTR)
                 ;
         }

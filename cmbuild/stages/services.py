@@ -2,7 +2,8 @@
 read-only drive (label ``services``) that init reads at boot:
 
 * ``services.txt``: one line per service, in start order (the order of the tables in
-  ``cartesi.toml``): ``<name> <drive label> <ready port or 0> <ready timeout in ms>``;
+  ``cartesi.toml``): ``<name> <drive label> <ready port or 0> <ready timeout in ms> <stop
+  timeout in ms>``;
 * ``<name>/config.json``: the service's OCI runtime config, generated from its image's config
   and its table's overrides exactly as the app's is from ``[machine]``.
 
@@ -31,7 +32,7 @@ def _options(ctx: Context) -> list[dict[str, Any]]:
     uses = service_images(ctx.project)
     return [{"name": name, "drive": uses[name].label, "entrypoint": s.entrypoint, "cmd": s.cmd,
              "env": s.env, "workdir": s.workdir, "user": s.user, "ready_port": s.ready_port,
-             "ready_timeout": s.ready_timeout}
+             "ready_timeout": s.ready_timeout, "stop_timeout": s.stop_timeout}
             for name, s in ctx.project.services.items()]
 
 
@@ -42,8 +43,8 @@ def key_doc(ctx: Context) -> tuple[Any, dict[str, Any]]:
 
 
 def manifest(ctx: Context) -> bytes:
-    return "".join(f"{o['name']} {o['drive']} {o['ready_port'] or 0} {round(o['ready_timeout'] * 1000)}\n"
-                   for o in _options(ctx)).encode()
+    return "".join(f"{o['name']} {o['drive']} {o['ready_port'] or 0} {round(o['ready_timeout'] * 1000)} "
+                   f"{round(o['stop_timeout'] * 1000)}\n" for o in _options(ctx)).encode()
 
 
 def service_config(ctx: Context, name: str) -> dict[str, Any]:
