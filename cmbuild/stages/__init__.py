@@ -5,6 +5,7 @@
     init -> runtime (the runtime layer: init + crun + busybox)
     kernel
     drives (drive-<name>, one per extra [drives.<name>])
+    pull-<s> -> unpack-<s> -> squashfs-<s> (each service's own image), services (their configs)
     -> snapshot (cartesi-machine --store, the root hash)
 
 Each module holds the stage's key inputs (``key_doc``: options and the output digests of its
