@@ -52,26 +52,15 @@ def run(work: Path, name: str, services: str, cache: Path) -> dict[str, int]:
 
 
 def main() -> int:
-    from cmbuild.debian import extract_deb, fetch_debs
-    from cmbuild.recipes import load_runtime_recipe, recipes_root
-    from cmbuild.store import Store
     sys.path.insert(0, str(REPO / "tests"))
-    from ocihelpers import F, S, make_layer, write_oci_layout
+    from ocihelpers import busybox_image, debian_busybox, scripted_image
 
     with tempfile.TemporaryDirectory(prefix="cmbuild-bench-services-") as t:
         tmp = Path(t)
         cache = tmp / "cache"
-        store = Store(cache)
-        recipe = load_runtime_recipe(recipes_root(), "0.1.0")
-        pin = recipe.package("busybox-static")
-        digest = fetch_debs(store, [pin.deb()], suite=recipe.suite, arch=recipe.architecture)[pin.name]
-        extract_deb(store.object_path(digest), tmp / "bb")
-        busybox = (tmp / "bb/usr/bin/busybox").read_bytes()
-        write_oci_layout(tmp / "bbimg", [make_layer([F("bin/busybox", busybox, mode=0o755),
-                                                     S("bin/sh", "busybox")])])
+        busybox_image(tmp / "bbimg", debian_busybox(cache))
         say("building the redis image")
-        subprocess.run([sys.executable, str(REPO / "tests" / "redis" / "build.py"), str(tmp / "redis"),
-                        "--store", str(cache)], check=True, capture_output=True)
+        scripted_image(REPO / "tests" / "redis" / "build.py", tmp / "redis", cache)
         cases = [
             ("no service", ""),
             ("busybox httpd, the app's image (one drive), ready_port",

@@ -323,3 +323,37 @@ def squashfs_tar(image: Path) -> bytes:
 
 def have(tool: str) -> bool:
     return shutil.which(tool) is not None
+
+
+def debian_busybox(store_dir: Path) -> bytes:
+    """Debian's static busybox for riscv64, the one the runtime layer pins (fetched into the
+    store at ``store_dir``, checked against its sha256)."""
+    import tempfile
+
+    from cmbuild.debian import extract_deb, fetch_debs
+    from cmbuild.recipes import load_runtime_recipe, recipes_root
+    from cmbuild.store import Store
+    store = Store(store_dir)
+    recipe = load_runtime_recipe(recipes_root(), "0.1.0")
+    pin = recipe.package("busybox-static")
+    digest = fetch_debs(store, [pin.deb()], suite=recipe.suite, arch=recipe.architecture)[pin.name]
+    with tempfile.TemporaryDirectory(dir=store.tmp) as tmp:
+        extract_deb(store.object_path(digest), Path(tmp) / "x")
+        return (Path(tmp) / "x/usr/bin/busybox").read_bytes()
+
+
+def busybox_image(path: Path, busybox: bytes) -> Path:
+    """An image with nothing but /bin/busybox and /bin/sh: no /proc, /dev, /sys, /tmp or /etc,
+    like many distroless and scratch-based images."""
+    write_oci_layout(path, [make_layer([F("bin/busybox", busybox, mode=0o755), S("bin/sh", "busybox")])])
+    return path
+
+
+def scripted_image(script: Path, out: Path, store: Path) -> Path:
+    """Run an image script (``examples/echo/build.py``, ``tests/redis/build.py``: pinned Debian
+    packages into an OCI layout) to write ``out``, keeping the .debs in ``store``."""
+    import sys
+    p = subprocess.run([sys.executable, str(script), str(out), "--store", str(store)],
+                       capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stdout + p.stderr
+    return out

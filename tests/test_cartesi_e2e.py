@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from ocihelpers import F, S, make_layer, write_oci_layout
+from ocihelpers import busybox_image, debian_busybox
 from test_pipeline import EXAMPLE, REPO
 
 pytestmark = [pytest.mark.cartesi, pytest.mark.slow]
@@ -66,24 +66,10 @@ def show(p: subprocess.CompletedProcess[str]) -> str:
 @pytest.fixture(scope="module")
 def busybox(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     """Debian's static busybox for riscv64, the one the runtime layer pins."""
-    from cmbuild.debian import extract_deb, fetch_debs
-    from cmbuild.recipes import load_runtime_recipe, recipes_root
-    from cmbuild.store import Store
-
-    store = Store(tmp_path_factory.mktemp("bb-store"))
-    recipe = load_runtime_recipe(recipes_root(), "0.1.0")
-    pin = recipe.package("busybox-static")
-    digest = fetch_debs(store, [pin.deb()], suite=recipe.suite, arch=recipe.architecture)[pin.name]
-    with store.tmpdir() as tmp:
-        extract_deb(store.object_path(digest), tmp / "x")
-        return (tmp / "x/usr/bin/busybox").read_bytes()
+    return debian_busybox(tmp_path_factory.mktemp("bb-store"))
 
 
-def minimal_image(path: Path, busybox: bytes) -> Path:
-    """An image with nothing but /bin/busybox and /bin/sh: no /proc, /dev, /sys, /tmp or /etc,
-    like many distroless and scratch-based images."""
-    write_oci_layout(path, [make_layer([F("bin/busybox", busybox, mode=0o755), S("bin/sh", "busybox")])])
-    return path
+minimal_image = busybox_image
 
 
 # ----- running containers ------------------------------------------------------------------------

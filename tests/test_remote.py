@@ -24,7 +24,7 @@ from cmbuild.remote import STAGE_TYPE, tag_of
 from cmbuild.store import Store
 
 from registry_fixtures import (BASIC_PASSWORD, BASIC_USER, Fault, FaultProxy,  # noqa: F401
-                               Registry, free_port, isolated_docker_config, write_docker_config)
+                               Registry, free_port, isolated_docker_config, write_docker_config)  # noqa: F401,F811
 from test_pipeline import EXAMPLE
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("isolated_docker_config")]

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from cmbuild.abi import encode_output
+from ocihelpers import scripted_image
 from test_pipeline import EXAMPLE, REPO
 
 pytestmark = [pytest.mark.cartesi, pytest.mark.slow]
@@ -43,16 +44,9 @@ def show(p: subprocess.CompletedProcess[str]) -> str:
 
 
 @pytest.fixture(scope="module")
-def echo_image(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    try:
-        store = Path(request.config.cache.mkdir("cmbuild-debs"))
-    except AttributeError:
-        store = tmp_path_factory.mktemp("debs")
-    out = tmp_path_factory.mktemp("echo") / "image"
-    p = subprocess.run([sys.executable, str(REPO / "examples" / "echo" / "build.py"), str(out),
-                        "--store", str(store)], capture_output=True, text=True, timeout=900)
-    assert p.returncode == 0, p.stdout + p.stderr
-    return out
+def echo_image(debs_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return scripted_image(REPO / "examples" / "echo" / "build.py",
+                          tmp_path_factory.mktemp("echo") / "image", debs_store)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from ocihelpers import F, S, make_layer, write_oci_layout
+import ocihelpers
 from test_pipeline import EXAMPLE
 
 pytestmark = pytest.mark.slow
@@ -41,19 +41,8 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def busybox_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A minimal image of Debian's static busybox (the runtime layer's pin): /bin/busybox and
     /bin/sh, nothing else."""
-    from cmbuild.debian import extract_deb, fetch_debs
-    from cmbuild.recipes import load_runtime_recipe, recipes_root
-    from cmbuild.store import Store
     tmp = tmp_path_factory.mktemp("bb")
-    store = Store(tmp / "store")
-    recipe = load_runtime_recipe(recipes_root(), "0.1.0")
-    pin = recipe.package("busybox-static")
-    digest = fetch_debs(store, [pin.deb()], suite=recipe.suite, arch=recipe.architecture)[pin.name]
-    extract_deb(store.object_path(digest), tmp / "x")
-    busybox = (tmp / "x/usr/bin/busybox").read_bytes()
-    write_oci_layout(tmp / "img", [make_layer([F("bin/busybox", busybox, mode=0o755),
-                                               S("bin/sh", "busybox")])])
-    return tmp / "img"
+    return ocihelpers.busybox_image(tmp / "img", ocihelpers.debian_busybox(tmp / "store"))
 
 
 def toml_list(words: list[str]) -> str:
@@ -284,17 +273,10 @@ def test_a_rollups_template_holds_its_services_running(tmp_path: Path, cache: Pa
 # ----- a real server from Debian's packages -------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def redis_image(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def redis_image(debs_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """redis-server 8 from Debian trixie's riscv64 packages (tests/redis/build.py)."""
-    try:
-        store = Path(request.config.cache.mkdir("cmbuild-debs"))
-    except AttributeError:
-        store = tmp_path_factory.mktemp("debs")
-    out = tmp_path_factory.mktemp("redis") / "image"
-    p = subprocess.run([sys.executable, str(Path(__file__).parent / "redis" / "build.py"), str(out),
-                        "--store", str(store)], capture_output=True, text=True, timeout=900)
-    assert p.returncode == 0, p.stdout + p.stderr
-    return out
+    return ocihelpers.scripted_image(Path(__file__).parent / "redis" / "build.py",
+                                     tmp_path_factory.mktemp("redis") / "image", debs_store)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
