@@ -184,6 +184,21 @@ def test_services_share_keys_cutoff_lock_and_audit(tmp_path: Path, cache: Path, 
                                         f'[cache]\ndir = "{cache}"\n')
     p = cmbuild(proj, "build")
     assert p.returncode == 0, show(p)
+    # the services drive: the start order and each one's runtime config, with its own pid,
+    # mount, ipc and uts namespaces and the machine's network (no network namespace)
+    import io
+    import tarfile
+
+    from cmbuild.drives import squashfs_to_tar
+    with tarfile.open(fileobj=io.BytesIO(squashfs_to_tar(proj / ".cartesi" / "services.sqfs"))) as tar:
+        names = {m.name.lstrip("./"): m for m in tar.getmembers() if m.isfile()}
+        order = tar.extractfile(names["services.txt"]).read().decode()
+        config = json.loads(tar.extractfile(names["files/config.json"]).read())
+    assert order == "files svc-files 0 60000 3000\n"
+    assert sorted(n["type"] for n in config["linux"]["namespaces"]) == ["ipc", "mount", "pid", "uts"]
+    assert config["process"]["args"] == ["/bin/sh", "-c", "exec busybox httpd -f -p 8081"]
+    assert config["root"]["path"] == "rootfs"
+
     ctx = Context(load_project(proj / "cartesi.toml"), proj, Store(cache))
     other = Context(load_project(alone / "cartesi.toml"), alone, Store(cache))
     for stage in ("pull", "unpack", "squashfs"):
