@@ -368,7 +368,11 @@ def _message(err: dict[str, Any]) -> str:
 def format_validation_error(exc: ValidationError, source: str) -> str:
     lines = []
     for err in exc.errors():
-        lines.append(f"{source}: {_loc(tuple(err.get('loc', ())))}: {_message(err)}")
+        loc, msg = tuple(err.get("loc", ())), _message(err)
+        if not loc and msg.startswith("["):   # a check across tables names its key itself
+            lines.append(f"{source}: {msg}")
+        else:
+            lines.append(f"{source}: {_loc(loc)}: {msg}")
     return "\n".join(lines)
 
 

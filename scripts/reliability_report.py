@@ -34,6 +34,8 @@ GROUPS = [
      "never_falls_back or stale or refused or offline"),
     ("Rollups failures (real emulator)", "tests/test_rollups_e2e.py",
      "never_asks or dead_rollups or exception"),
+    ("Services that fail (QEMU and the real emulator)", "tests/test_services.py",
+     "never_becomes_ready or dies or bad_service or does_not_exist"),
 ]
 
 

@@ -228,6 +228,8 @@ def test_services_share_keys_cutoff_lock_and_audit(tmp_path: Path, cache: Path, 
     ('[services.a]\npath = "x"\nready_port = 80\n[services.b]\npath = "x"\nready_port = 80',
      "both say ready_port = 80"),
     ('[drives.svc-a]\nbuilder = "empty"\nformat = "ext2"\nsize = "1Mi"\nmount = "/a"', "is reserved"),
+    ('[rollups]\n[services.web]\npath = "x"\nready_port = 5004',
+     "cartesi.toml: [services.web].ready_port = 5004 is the built-in rollups server's port"),
 ])
 def test_bad_service_tables_are_named(tmp_path: Path, toml: str, message: str) -> None:
     from cmbuild.config import parse_project
