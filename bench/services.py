@@ -66,6 +66,10 @@ def main() -> int:
             ("busybox httpd, the app's image (one drive), ready_port",
              f'[services.web]\npath = "{EXAMPLE}"\nref = "latest"\nuser = "root"\n'
              f'entrypoint = {json.dumps([BB, "sh", "-c", HTTPD])}\nready_port = 8080\n'),
+            ("the same, `init = true` (SIGTERM forwarded: httpd ends at once)",
+             f'[services.web]\npath = "{EXAMPLE}"\nref = "latest"\nuser = "root"\n'
+             f'entrypoint = {json.dumps([BB, "sh", "-c", HTTPD])}\nready_port = 8080\n'
+             'init = true\n'),
             ("the same, `stop_timeout = 0` (SIGKILL right after SIGTERM)",
              f'[services.web]\npath = "{EXAMPLE}"\nref = "latest"\nuser = "root"\n'
              f'entrypoint = {json.dumps([BB, "sh", "-c", HTTPD])}\nready_port = 8080\n'

@@ -220,6 +220,7 @@ class ServiceConfig(ImageConfig):
     ready_port: int | None = Field(None, ge=1, le=65535)
     ready_timeout: float = Field(60.0, gt=0, le=3600)
     stop_timeout: float = Field(3.0, ge=0, le=3600)   # SIGTERM, then SIGKILL after this
+    init: bool = False   # run under a small init that forwards signals (docker run --init)
 
     _env = field_validator("env")(MachineConfig._env.__func__)          # type: ignore[attr-defined]
     _workdir = field_validator("workdir")(MachineConfig._workdir.__func__)  # type: ignore[attr-defined]

@@ -102,6 +102,20 @@ def test_httpd_service_and_an_app_of_the_same_image(tmp_path: Path, cache: Path,
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_init_forwards_sigterm_to_a_service(tmp_path: Path, cache: Path, backend: str) -> None:
+    """`init = true`: the service runs under cmbuild's init (--reap), which forwards SIGTERM:
+    httpd, no longer PID 1 of its namespace, ends at once instead of waiting for SIGKILL."""
+    proj = project(tmp_path / "p", cache, backend, "busybox wget -qO- http://127.0.0.1:8080/",
+                   service("web", HTTPD, extra='ready_port = 8080\nuser = "root"\ninit = true\n'
+                                               'stop_timeout = 60'))
+    p = cmbuild(proj, "run")
+    assert p.returncode == 0, show(p)
+    lines = p.stdout.splitlines()
+    assert "hello-from-web pid=2" in lines, show(p)        # init --reap is PID 1, httpd its child
+    assert not any("SIGKILL" in ln for ln in lines), show(p)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_services_of_their_own_image_in_order(tmp_path: Path, cache: Path, backend: str,
                                               busybox_image: Path) -> None:
     """Two services of another image (one drive for both), started in the order written, each

@@ -60,6 +60,9 @@
  * the app ends the machine (112). When the app ends: SIGTERM to each service's process (the
  * last started first; its pid from crun's pid file), SIGKILL after its stop timeout.
  *
+ * With `init --reap CMD ARGS` (a service with init = true) it is instead the container's PID 1:
+ * it runs CMD, forwards signals to it, reaps orphans and exits with CMD's code.
+ *
  * Then: /usr/bin/crun --cgroup-manager=disabled --root=/run/crun run --bundle /run/bundle cmbuild
  *
  * How the machine ends (the container's exit code N; killed by signal S: N = 128+S):
@@ -1158,8 +1161,59 @@ static int run_direct(int argc, char **argv)
     return wait_child(spawn(argv + 1, default_env, "/run/bundle/rootfs"), argv[1]);
 }
 
+/* ------------------------------------------------------- inside a service: --reap ------- */
+
+static volatile pid_t reaped_child = -1;
+
+static void forward_signal(int sig)
+{
+    if (reaped_child > 0)
+        kill(reaped_child, sig);
+}
+
+/* `init --reap CMD ARGS`: PID 1 of a service's container ([services.<name>] init = true, bind-
+   mounted at /dev/.cmbuild-init): runs CMD as its child, forwards SIGTERM, SIGINT, SIGHUP, SIGQUIT,
+   SIGUSR1 and SIGUSR2 to it (a PID 1 without handlers ignores them), reaps every orphan, and
+   exits with CMD's exit code (128+S when a signal S ended it), like `docker run --init`. */
+static int reap_main(char **argv)
+{
+    static const int sigs[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2};
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = forward_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    for (unsigned i = 0; i < sizeof sigs / sizeof *sigs; i++)
+        sigaction(sigs[i], &sa, NULL);
+    pid_t pid = fork();
+    if (pid < 0) {
+        fprintf(stderr, "cmbuild init --reap: fork: %s\n", strerror(errno));
+        return 127;
+    }
+    if (pid == 0) {
+        for (unsigned i = 0; i < sizeof sigs / sizeof *sigs; i++)
+            signal(sigs[i], SIG_DFL);
+        execvp(argv[0], argv);
+        fprintf(stderr, "cmbuild init --reap: exec %s: %s\n", argv[0], strerror(errno));
+        _exit(127);
+    }
+    reaped_child = pid;
+    for (;;) {
+        int st;
+        pid_t r = wait(&st);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            return 127;
+        if (r == pid)
+            return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    }
+}
+
 int main(int argc, char **argv)
 {
+    if (argc >= 3 && strcmp(argv[1], "--reap") == 0)
+        return reap_main(argv + 2);
     if (getpid() != 1) {
         fprintf(stderr, "cmbuild init: must run as PID 1\n");
         return 1;

@@ -32,7 +32,7 @@ def _options(ctx: Context) -> list[dict[str, Any]]:
     uses = service_images(ctx.project)
     return [{"name": name, "drive": uses[name].label, "entrypoint": s.entrypoint, "cmd": s.cmd,
              "env": s.env, "workdir": s.workdir, "user": s.user, "ready_port": s.ready_port,
-             "ready_timeout": s.ready_timeout, "stop_timeout": s.stop_timeout}
+             "ready_timeout": s.ready_timeout, "stop_timeout": s.stop_timeout, "init": s.init}
             for name, s in ctx.project.services.items()]
 
 
@@ -47,12 +47,22 @@ def manifest(ctx: Context) -> bytes:
                    f"{round(o['stop_timeout'] * 1000)}\n" for o in _options(ctx)).encode()
 
 
+INIT_IN_MACHINE = "/usr/sbin/init"         # our init, in the runtime layer
+INIT_IN_CONTAINER = "/dev/.cmbuild-init"    # /dev is a tmpfs in every container
+
+
 def service_config(ctx: Context, name: str) -> dict[str, Any]:
+    from ..oci.runtime_config import Mount
     from .config import container_config
     s = ctx.project.services[name]
     values = {"entrypoint": s.entrypoint, "cmd": s.cmd, "env": s.env or None,
               "workdir": s.workdir, "user": s.user}
-    return container_config(ctx, service_images(ctx.project)[name], values, [])
+    mounts = [Mount(destination=INIT_IN_CONTAINER, source=INIT_IN_MACHINE, type="bind",
+                    options=["bind", "ro"])] if s.init else []
+    config = container_config(ctx, service_images(ctx.project)[name], values, mounts)
+    if s.init:   # init --reap ARGS: PID 1 that forwards signals to the service and reaps
+        config["process"]["args"] = [INIT_IN_CONTAINER, "--reap", *config["process"]["args"]]
+    return config
 
 
 def build(ctx: Context) -> tuple[str, dict[str, Any]]:
