@@ -60,12 +60,9 @@ def manifest(layout: Path) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def store(debs_store: Path) -> Path:
     """The store of the downloaded .debs, shared with the other tests that fetch packages."""
-    try:
-        return Path(request.config.cache.mkdir("cmbuild-debs"))
-    except AttributeError:
-        return tmp_path_factory.mktemp("debs")
+    return debs_store
 
 
 @pytest.fixture(scope="module")

@@ -101,12 +101,8 @@ def test_closure_in_a_small_tree(tmp_path: Path) -> None:
 # ----- slow: the real packages of the runtime recipe -----------------------------------------
 
 @pytest.fixture(scope="module")
-def tree(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    try:
-        root = request.config.cache.mkdir("cmbuild-debs")  # shared with other test modules
-    except AttributeError:
-        root = tmp_path_factory.mktemp("debs")
-    store = Store(root)
+def tree(debs_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    store = Store(debs_store)
     recipe = load_runtime_recipe(recipes_root(), "0.1.0")
     out = tmp_path_factory.mktemp("tree")
     prepare_tree(store, recipe, out)  # the packages (and the libsystemd stub, if used)

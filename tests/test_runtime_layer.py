@@ -70,12 +70,8 @@ def test_recipe_rejects_unknown_keys_and_bad_pins(tmp_path: Path) -> None:
 # ----- the stage (slow) ------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Store:
-    try:
-        root = request.config.cache.mkdir("cmbuild-debs")  # shared with test_elf
-    except AttributeError:
-        root = tmp_path_factory.mktemp("debs")
-    return Store(root)
+def store(debs_store: Path) -> Store:
+    return Store(debs_store)
 
 
 @pytest.fixture(scope="module")
